@@ -1,0 +1,126 @@
+"""Where things live under an agent root (default /var/lib/apprelease, `--root` in tests).
+
+    apps/<ns>_<app>/releases/<buildId>/venv            immutable once complete
+    apps/<ns>_<app>/releases/<buildId>/release.json    build inputs, timestamps, build log tail
+    apps/<ns>_<app>/releases/.tmp-<buildId>-<random>   a build in progress (never looks complete)
+    apps/<ns>_<app>/current -> releases/<buildId>      swapped atomically
+    apps/<ns>_<app>/run/<revision>.sock                gunicorn's socket, one per running revision
+    apps/<ns>_<app>/run/live.sock -> <revision>.sock   what nginx connects to
+    apps/<ns>_<app>/logs/                              stdout/stderr of the app's processes
+    apps/<ns>_<app>/spec.json                          the last spec applied (for status and resync)
+    supervisor/                                        circusd or supervisord config, state and socket
+    nginx/                                             the host's nginx prefix: nginx.conf, conf.d/, logs
+    cache/uv                                           uv's shared cache (same filesystem: hardlinks)
+
+Pure path arithmetic: nothing here touches the filesystem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+LIVE_SOCKET = "live.sock"
+
+
+def app_key(namespace: str, app: str) -> str:
+    """Directory and config name of an app on a host; '_' never occurs in DNS labels."""
+    return f"{namespace}_{app}"
+
+
+def watcher_name(key: str, revision: str) -> str:
+    """Supervisor watcher/program name of one revision of an app."""
+    return f"ar_{key}_{revision}"
+
+
+def parse_watcher_name(name: str) -> tuple[str, str] | None:
+    """(app key, revision) of a watcher this agent manages, or None for anything else."""
+    parts = name.split("_")
+    if len(parts) != 4 or parts[0] != "ar":
+        return None
+    return f"{parts[1]}_{parts[2]}", parts[3]
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    base: Path
+
+    @property
+    def releases(self) -> Path:
+        return self.base / "releases"
+
+    def release(self, build_id: str) -> Path:
+        return self.releases / build_id
+
+    def venv(self, build_id: str) -> Path:
+        return self.release(build_id) / "venv"
+
+    def release_record(self, build_id: str) -> Path:
+        return self.release(build_id) / "release.json"
+
+    def site_packages_link(self, build_id: str) -> Path:
+        """releases/<id>/site-packages -> venv/lib/pythonX.Y/site-packages (stable for nginx)."""
+        return self.release(build_id) / "site-packages"
+
+    @property
+    def current(self) -> Path:
+        return self.base / "current"
+
+    @property
+    def run(self) -> Path:
+        return self.base / "run"
+
+    def socket(self, revision: str) -> Path:
+        return self.run / f"{revision}.sock"
+
+    @property
+    def live_socket(self) -> Path:
+        return self.run / LIVE_SOCKET
+
+    @property
+    def logs(self) -> Path:
+        return self.base / "logs"
+
+    def log_file(self, revision: str, stream: str) -> Path:
+        return self.logs / f"{revision}.{stream}.log"
+
+    @property
+    def spec_file(self) -> Path:
+        return self.base / "spec.json"
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    root: Path
+
+    @property
+    def apps(self) -> Path:
+        return self.root / "apps"
+
+    def app(self, key: str) -> AppPaths:
+        return AppPaths(self.apps / key)
+
+    @property
+    def supervisor(self) -> Path:
+        return self.root / "supervisor"
+
+    @property
+    def nginx(self) -> Path:
+        return self.root / "nginx"
+
+    @property
+    def nginx_sites(self) -> Path:
+        return self.nginx / "conf.d"
+
+    def nginx_site(self, key: str) -> Path:
+        return self.nginx_sites / f"{key}.conf"
+
+    @property
+    def uv_cache(self) -> Path:
+        return self.root / "cache" / "uv"
+
+    @property
+    def secrets(self) -> Path:
+        """Root-owned 0700 directory for TLS keys and secret env files."""
+        return self.root / "secrets"

@@ -1,0 +1,1 @@
+"""API layer: pydantic models of the resources, release identity, CRD generation. Pure."""

@@ -1,0 +1,342 @@
+"""The AppRelease and HostRelease resources as pydantic models: the one source of truth.
+
+The CRDs in `crds/` are generated from these models (`apprelease crds`), the operator and
+the agent validate every spec through them, and nothing else reads specs as raw dicts.
+Field names are snake_case in Python and camelCase on the wire, as Kubernetes expects.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+from . import rules
+from .rules import checked
+
+GROUP = "apprelease.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+HOST_LABEL = f"{GROUP}/host"
+NODE_LABEL = f"{GROUP}/node"
+APP_LABEL = f"{GROUP}/app"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The camelCase JSON form, as stored in the apiserver."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _parse_requirement(value: str) -> str:
+    try:
+        Requirement(value)
+    except InvalidRequirement as exc:
+        raise ValueError(f"{value!r} is not a valid PEP 508 requirement: {exc}") from None
+    return value
+
+
+Requirement508 = Annotated[
+    checked(rules.REQUIREMENT, "A PEP 508 requirement, e.g. webxample==1.2.0."),
+    AfterValidator(_parse_requirement),
+]
+
+
+class Wheel(Model):
+    """A wheel downloaded from a URL and verified against its sha256 before install."""
+
+    url: checked(rules.URL, "URL of the wheel file.")
+    sha256: checked(rules.SHA256, "Expected sha256 of the wheel; the install fails on mismatch.")
+
+
+class Source(Model):
+    """What goes into the release's virtualenv."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.requirements) || has(self.wheel)",
+                    "message": "source needs requirements, a wheel, or both",
+                }
+            ]
+        }
+    )
+
+    requirements: list[Requirement508] | None = Field(
+        default=None, max_length=50, description="PEP 508 requirements installed into the venv."
+    )
+    index_url: checked(rules.URL, "Package index (PEP 503 simple API) to install from.") | None = None
+    wheel: Wheel | None = Field(default=None, description="A wheel installed by URL, checked by sha256.")
+
+    @model_validator(mode="after")
+    def _needs_something(self) -> Source:
+        if not self.requirements and self.wheel is None:
+            raise ValueError("source needs requirements, a wheel, or both")
+        return self
+
+
+class Server(Model):
+    """The gunicorn server running the app (one watcher per revision)."""
+
+    workers: int = Field(default=2, ge=1, le=64, description="gunicorn worker processes.")
+    threads: int = Field(default=4, ge=1, le=64, description="Threads per worker (gthread worker class).")
+    timeout_seconds: int = Field(default=30, ge=1, le=3600, description="Worker timeout (gunicorn --timeout).")
+    graceful_timeout_seconds: int = Field(
+        default=30, ge=1, le=3600, description="Time in-flight requests get to finish when a revision stops."
+    )
+    extra_args: list[checked(rules.GUNICORN_ARG, "One extra gunicorn option.")] = Field(
+        default_factory=list, max_length=20, description="Extra gunicorn options (--bind, --user and --daemon are managed)."
+    )
+
+    @model_validator(mode="after")
+    def _managed_args(self) -> Server:
+        for arg in self.extra_args:
+            name = arg.split("=", 1)[0]
+            if name in MANAGED_GUNICORN_ARGS:
+                raise ValueError(f"extraArgs: {name} is set by apprelease and cannot be overridden")
+        return self
+
+
+MANAGED_GUNICORN_ARGS = ("--bind", "--user", "--group", "--daemon", "--pid", "--chdir", "--workers", "--threads")
+
+
+class EnvVar(Model):
+    name: checked(rules.ENV_NAME, "Environment variable name.")
+    value: checked(rules.ENV_VALUE, "Environment variable value.") = ""
+
+
+class TLS(Model):
+    """TLS for the nginx server block, from a kubernetes.io/tls Secret."""
+
+    secret_name: checked(rules.DNS_SUBDOMAIN, "Name of a kubernetes.io/tls Secret in the same namespace.")
+
+
+class StaticPath(Model):
+    """A URL prefix served by nginx straight from the release's files."""
+
+    url_path: checked(rules.URL_PATH_PREFIX, "URL prefix, e.g. /static/.")
+    directory: checked(
+        rules.RELATIVE_DIR, "Directory relative to the venv's site-packages, e.g. webxample/static."
+    )
+
+
+class Proxy(Model):
+    """The nginx server block in front of the app."""
+
+    server_names: list[checked(rules.SERVER_NAME, "A server name.")] = Field(
+        min_length=1, max_length=20, description="nginx server_name values: host names or *.wildcards."
+    )
+    listen_port: int = Field(default=80, ge=1, le=65535, description="Port nginx listens on.")
+    tls: TLS | None = Field(default=None, description="Serve HTTPS with a certificate from a Secret.")
+    static: list[StaticPath] = Field(
+        default_factory=list, max_length=20, description="Paths served by nginx from the release, not the app."
+    )
+    client_max_body_size: checked(rules.BODY_SIZE, "Largest request body nginx accepts.") = "1m"
+
+
+class HealthCheck(Model):
+    """The gate a new revision passes, through its own socket, before it gets traffic."""
+
+    path: checked(rules.HEALTH_PATH, "Path requested on the new revision.") = "/healthz"
+    expected_status: int = Field(default=200, ge=100, le=599, description="Status that counts as healthy.")
+    timeout_seconds: int = Field(
+        default=30, ge=1, le=600, description="Deadline for the revision to boot and answer healthy."
+    )
+
+
+class Strategy(Model):
+    """How the release rolls across hosts."""
+
+    max_unavailable: Annotated[
+        int | str,
+        WithJsonSchema(
+            {
+                "x-kubernetes-int-or-string": True,
+                "description": "Hosts updated at once: a count >= 1 or a percentage such as 25%.",
+                "x-kubernetes-validations": [rules.PERCENT_OR_COUNT_CEL],
+            }
+        ),
+    ] = 1
+    progress_deadline_seconds: int = Field(
+        default=600, ge=10, le=86400, description="A rollout making no progress this long is reported stuck."
+    )
+
+    @model_validator(mode="after")
+    def _max_unavailable(self) -> Strategy:
+        value = self.max_unavailable
+        ok = value >= 1 if isinstance(value, int) else bool(re.fullmatch(r"(100|[1-9][0-9]?)%", value))
+        if not ok:
+            raise ValueError(PERCENT_MESSAGE)
+        return self
+
+
+PERCENT_MESSAGE = rules.PERCENT_OR_COUNT_CEL["message"]
+
+
+class Hosts(Model):
+    """Which Nodes (hosts) run the app."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=lambda: {HOST_LABEL: "true"},
+        description="Labels a Node must carry to run the app.",
+    )
+
+
+class ReleaseTemplate(Model):
+    """What a release is, wherever it runs: shared by AppRelease and HostRelease specs."""
+
+    version: checked(rules.VERSION_LABEL, "Version label shown to humans, e.g. 1.2.0.")
+    source: Source
+    python: checked(rules.PYTHON_VERSION, "Python version on the host, e.g. 3.11.") = "3.11"
+    entrypoint: checked(rules.ENTRYPOINT, "WSGI entrypoint, module:callable.")
+    server: Server = Field(default_factory=Server)
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Environment of the app processes.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    user: checked(rules.POSIX_USER, "Dedicated unprivileged user the app runs as (never root).")
+    proxy: Proxy
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    revision_history_limit: int = Field(
+        default=5, ge=1, le=50, description="Releases kept on disk for rollback besides the serving one."
+    )
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> ReleaseTemplate:
+        names = [e.name for e in self.env]
+        if len(names) != len(set(names)):
+            raise ValueError(f"env: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
+        return self
+
+
+class AppReleaseSpec(ReleaseTemplate):
+    """The desired release of one app across a set of hosts."""
+
+    hosts: Hosts = Field(default_factory=Hosts)
+    strategy: Strategy = Field(default_factory=Strategy)
+    paused: bool = Field(default=False, description="Stop moving hosts to new revisions.")
+
+
+class HostReleaseSpec(ReleaseTemplate):
+    """The resolved release for one host; written by the operator, read by that host's agent."""
+
+    app: checked(rules.DNS_LABEL, "Name of the AppRelease this host release belongs to.")
+    node: checked(rules.DNS_SUBDOMAIN, "Node (host) that runs this release.")
+    build_id: checked(rules.DNS_LABEL, "Hash of the venv inputs; same inputs reuse the same venv.")
+    revision: checked(rules.DNS_LABEL, "Hash of buildId and runtime config; a new one means new workers.")
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Model):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316)
+    status: ConditionStatus
+    reason: str = Field(max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: datetime
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class RetainedRelease(Model):
+    version: str
+    revision: str
+    build_id: str
+    first_deployed: datetime | None = None
+
+
+class HostState(Model):
+    node: str
+    phase: str
+    revision: str | None = None
+    message: str | None = None
+
+
+class AppReleaseStatus(Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    desired_hosts: int = 0
+    updated_hosts: int = 0
+    ready_hosts: int = 0
+    failed_hosts: int = 0
+    ready: str | None = Field(default=None, description="Ready hosts over desired hosts, e.g. 2/2.")
+    current_revision: str | None = None
+    previous_revision: str | None = None
+    history: list[RetainedRelease] = Field(default_factory=list)
+    hosts: list[HostState] = Field(default_factory=list)
+
+
+HostPhase = Literal["Pending", "Building", "Starting", "Ready", "Failed", "Terminating"]
+
+
+class BuildRecord(Model):
+    build_id: str
+    reused: bool
+    seconds: float
+
+
+class RevisionEvent(Model):
+    revision: str
+    version: str
+    at: datetime
+
+
+class HostReleaseStatus(Model):
+    observed_generation: int | None = None
+    phase: HostPhase | None = None
+    serving_revision: str | None = None
+    serving_build_id: str | None = None
+    serving_version: str | None = None
+    message: str | None = None
+    log_tail: str | None = Field(default=None, description="Tail of the app's log after a failure.")
+    last_build: BuildRecord | None = None
+    history: list[RevisionEvent] = Field(default_factory=list, description="Revisions this host switched to.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    updated_at: datetime | None = None
+
+
+class ObjectMeta(Model):
+    model_config = ConfigDict(extra="allow")
+    name: checked(rules.DNS_LABEL, "Object name.")
+    namespace: str = "default"
+    generation: int | None = None
+
+
+class AppRelease(Model):
+    model_config = ConfigDict(extra="ignore")
+    api_version: Literal["apprelease.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AppRelease"] = "AppRelease"
+    metadata: ObjectMeta
+    spec: AppReleaseSpec
+    status: AppReleaseStatus | None = None
+
+
+class HostRelease(Model):
+    model_config = ConfigDict(extra="ignore")
+    api_version: Literal["apprelease.dev/v1alpha1"] = API_VERSION
+    kind: Literal["HostRelease"] = "HostRelease"
+    metadata: ObjectMeta
+    spec: HostReleaseSpec
+    status: HostReleaseStatus | None = None
