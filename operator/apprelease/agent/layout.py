@@ -11,6 +11,7 @@
     supervisor/                                        circusd or supervisord config, state and socket
     nginx/                                             the host's nginx prefix: nginx.conf, conf.d/, logs
     cache/uv                                           uv's shared cache (same filesystem: hardlinks)
+    cache/pip                                          pip's cache, used only when uv is absent
 
 Pure path arithmetic: nothing here touches the filesystem.
 """
@@ -119,6 +120,11 @@ class HostLayout:
     @property
     def uv_cache(self) -> Path:
         return self.root / "cache" / "uv"
+
+    @property
+    def pip_cache(self) -> Path:
+        """pip's cache for the fallback builder (no uv), beside uv's."""
+        return self.root / "cache" / "pip"
 
     @property
     def secrets(self) -> Path:

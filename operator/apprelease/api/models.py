@@ -85,10 +85,24 @@ class Source(Model):
         if not self.requirements and self.wheel is None:
             raise ValueError("source needs requirements, a wheel, or both")
         return self
+MANAGED_GUNICORN_ARGS = ("--bind", "--user", "--group", "--daemon", "--pid", "--chdir", "--workers", "--threads")
+_MANAGED_MESSAGE = f"extraArgs: {', '.join(MANAGED_GUNICORN_ARGS)} are set by apprelease and cannot be overridden"
 
 
 class Server(Model):
     """The gunicorn server running the app (one watcher per revision)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.extraArgs) || self.extraArgs.all(a, !%s.exists(m, a == m || a.startsWith(m + '=')))"
+                    % str(list(MANAGED_GUNICORN_ARGS)),
+                    "message": _MANAGED_MESSAGE,
+                }
+            ]
+        }
+    )
 
     workers: int = Field(default=2, ge=1, le=64, description="gunicorn worker processes.")
     threads: int = Field(default=4, ge=1, le=64, description="Threads per worker (gthread worker class).")
@@ -105,11 +119,8 @@ class Server(Model):
         for arg in self.extra_args:
             name = arg.split("=", 1)[0]
             if name in MANAGED_GUNICORN_ARGS:
-                raise ValueError(f"extraArgs: {name} is set by apprelease and cannot be overridden")
+                raise ValueError(f"{_MANAGED_MESSAGE} (got {name})")
         return self
-
-
-MANAGED_GUNICORN_ARGS = ("--bind", "--user", "--group", "--daemon", "--pid", "--chdir", "--workers", "--threads")
 
 
 class EnvVar(Model):

@@ -1,0 +1,131 @@
+"""Deciding what a host must do: desired spec + observed host state -> ordered actions.
+
+Pure and side-effect free: `core` observes the host, calls `plan_release` or `plan_removal`,
+and applies the actions one by one. Because the plan is computed from what is on the host
+(symlinks, supervisor watchers, nginx config) and not from memory, it converges after a
+crash at any step, and a second reconcile of a converged host plans nothing.
+
+The rotation order is DESIGN.md's: build/reuse venv -> start new watcher -> health gate ->
+switch the live socket link -> settle, stop old watchers -> swap `current` -> GC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What is on one host for one app."""
+
+    releases: frozenset[str] = frozenset()  # complete buildIds on disk
+    temp_builds: tuple[str, ...] = ()  # leftovers of interrupted builds
+    current_build: str | None = None  # target of the `current` link
+    live_revision: str | None = None  # target of run/live.sock
+    running: frozenset[str] = frozenset()  # revisions with a watcher in the supervisor
+    site: str | None = None  # the live nginx site config text
+    failed_revision: str | None = None  # a revision whose boot failed (terminal until the spec changes)
+    gc_candidates: tuple[str, ...] = ()  # buildIds GC would remove (computed from release records)
+
+
+@dataclass(frozen=True)
+class Desired:
+    build_id: str
+    revision: str
+    user: str
+    site: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step; `kind` names what the executor does, `target` what it does it to."""
+
+    kind: str
+    target: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}({self.target})" if self.target else self.kind
+
+
+CLEAN_TEMP = "clean-temp-builds"
+ENSURE_USER = "ensure-user"
+ENSURE_RELEASE = "ensure-release"
+START = "start-watcher"
+HEALTH = "health-check"
+WRITE_SITE = "write-site"
+REMOVE_SITE = "remove-site"
+SWITCH = "switch-live"
+SETTLE = "settle"
+STOP = "stop-watcher"
+SWAP_CURRENT = "swap-current"
+COLLECT = "collect-release"
+REMOVE_APP_DIR = "remove-app-dir"
+REPORT_FAILED = "report-failed"
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+
+    def kinds(self) -> list[str]:
+        return [a.kind for a in self.actions]
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)
+
+    def __str__(self) -> str:
+        return " -> ".join(map(str, self.actions)) or "nothing to do"
+
+
+def plan_release(desired: Desired, observed: Observed) -> Plan:
+    if observed.failed_revision == desired.revision and observed.live_revision != desired.revision:
+        # A boot failure is terminal for that revision: no restart loop, the old one keeps serving.
+        actions = [Action(STOP, desired.revision)] if desired.revision in observed.running else []
+        return Plan((*actions, Action(REPORT_FAILED, desired.revision)))
+
+    actions: list[Action] = []
+    if observed.temp_builds:
+        actions.append(Action(CLEAN_TEMP))
+    is_live = observed.live_revision == desired.revision
+    needs_workers = desired.revision not in observed.running
+    if needs_workers or not is_live:
+        actions.append(Action(ENSURE_USER, desired.user))
+        actions.append(Action(ENSURE_RELEASE, desired.build_id))
+    if needs_workers:
+        actions.append(Action(START, desired.revision))
+    if needs_workers or not is_live:
+        actions.append(Action(HEALTH, desired.revision))
+    if observed.site != desired.site:
+        actions.append(Action(WRITE_SITE))
+    if not is_live:
+        actions.append(Action(SWITCH, desired.revision))
+    old = sorted(observed.running - {desired.revision})
+    if old:
+        if not is_live:
+            actions.append(Action(SETTLE))
+        actions.extend(Action(STOP, r) for r in old)
+    if observed.current_build != desired.build_id:
+        actions.append(Action(SWAP_CURRENT, desired.build_id))
+    actions.extend(Action(COLLECT, b) for b in observed.gc_candidates if b != desired.build_id)
+    return Plan(tuple(actions))
+
+
+def plan_removal(observed: Observed) -> Plan:
+    """Stop the app on this host: nginx first (no new requests), then its watchers, then files."""
+    actions: list[Action] = []
+    if observed.site is not None:
+        actions.append(Action(REMOVE_SITE))
+    actions.extend(Action(STOP, r) for r in sorted(observed.running))
+    if observed.releases or observed.temp_builds or observed.current_build or observed.live_revision:
+        actions.append(Action(REMOVE_APP_DIR))
+    return Plan(tuple(actions))
+
+
+def collectable(releases_by_recency: list[str], *, serving: str, limit: int) -> list[str]:
+    """buildIds to remove: all but the serving one and the `limit` most recently used others.
+
+    `releases_by_recency` is ordered most recently served (or built) first, so the previous
+    release is always kept: `limit` is at least 1.
+    """
+    others = [b for b in releases_by_recency if b != serving]
+    return others[max(limit, 1):]

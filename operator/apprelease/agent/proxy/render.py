@@ -1,0 +1,263 @@
+"""Pure rendering of the host's nginx configuration: builders return text, nothing is written.
+
+`site_inputs` turns one app's validated `Proxy` spec into `SiteInputs` (absolute paths under the
+agent root), `render_site` renders that app's server block (`conf.d/<key>.conf`), `render_main`
+renders the host's `nginx.conf`. The `Nginx` applier (`nginx.py`) and `apprelease render` call
+these; unit tests check their output token by token.
+
+Every value reaching a template is checked again here, although the pydantic models already
+refuse quotes, braces, semicolons and whitespace: a value that nginx would read as more than
+one token, a variable (`$`), a comment (`#`) or a block would let a spec inject directives into
+the host's proxy. Nothing is quoted; anything outside a plain character set is refused with
+`SiteConfigError`, so the rendered text never depends on nginx's quoting rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from ...api import models, rules
+from ..layout import HostLayout
+
+SITE_TEMPLATE = "nginx_site.conf.j2"
+MAIN_TEMPLATE = "nginx.conf.j2"
+
+# Characters allowed in an absolute filesystem path that reaches nginx unquoted: no
+# whitespace, quotes, ';', '{', '}', '$' (variables), '#' (comments), '\\' (escapes).
+_SAFE_PATH = re.compile(r"^(/[A-Za-z0-9._~+@,=-]+)+/?$")
+_APP_KEY = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?_[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class SiteConfigError(ValueError):
+    """A value cannot be rendered safely into an nginx config (a bug or a bypassed model)."""
+
+
+@dataclass(frozen=True)
+class StaticLocation:
+    """A URL prefix served by nginx from an absolute directory (both end with '/')."""
+
+    url_path: str
+    directory: str
+
+
+@dataclass(frozen=True)
+class SiteInputs:
+    """Everything one app's server block depends on; equal inputs render equal text."""
+
+    key: str
+    listen_port: int
+    server_names: tuple[str, ...]
+    live_socket: str
+    static: tuple[StaticLocation, ...] = ()
+    client_max_body_size: str = "1m"
+    tls_certificate: str | None = None
+    tls_certificate_key: str | None = None
+    # A host-level setting of the nginx backend, not part of the app's spec.
+    listen_address: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class MainInputs:
+    """The host's nginx.conf: prefix-relative state, the workers' identity and the includes."""
+
+    prefix: str
+    worker_user: str = "www-data"
+    worker_group: str | None = None
+    worker_processes: int | None = None  # None: one per core ("auto")
+    worker_shutdown_timeout_seconds: int = 30
+    # Glob or files holding the sites: the live config includes `conf.d/*.conf`; a candidate
+    # checked by `nginx -t` names the other live files and the staged one explicitly.
+    site_includes: tuple[str, ...] = ()
+    # Address and ports where a catch-all server answers unknown Host headers (404) and
+    # refuses TLS handshakes for unknown SNI names, so no app is ever served by accident.
+    listen_address: str = "0.0.0.0"
+    default_http_ports: tuple[int, ...] = ()
+    default_https_ports: tuple[int, ...] = ()
+
+    @property
+    def pid_file(self) -> str:
+        return f"{self.prefix}/run/nginx.pid"
+
+    @property
+    def error_log(self) -> str:
+        return f"{self.prefix}/logs/error.log"
+
+    @property
+    def access_log(self) -> str:
+        return f"{self.prefix}/logs/access.log"
+
+    @property
+    def temp_dir(self) -> str:
+        return f"{self.prefix}/temp"
+
+
+def site_inputs(
+    layout: HostLayout,
+    key: str,
+    proxy: models.Proxy,
+    tls_files: tuple[Path, Path] | None = None,
+    *,
+    listen_address: str = "0.0.0.0",
+) -> SiteInputs:
+    """What `render_site` needs for app `key`, from its validated proxy spec.
+
+    Static directories resolve through `apps/<key>/current/site-packages/`: `current` is
+    swapped per release and nginx resolves the symlink per request, so a rotation never
+    needs a reload. `tls_files` are the (certificate, key) paths from `Nginx.write_tls`.
+    """
+    if (proxy.tls is None) != (tls_files is None):
+        raise SiteConfigError(
+            f"{key}: proxy.tls is {'set' if proxy.tls else 'unset'} but TLS files were "
+            f"{'not ' if tls_files is None else ''}given"
+        )
+    app = layout.app(key)
+    site_packages = app.current / "site-packages"
+    static = []
+    for entry in proxy.static:
+        _check_rule(rules.RELATIVE_DIR, entry.directory, "static directory")
+        static.append(StaticLocation(entry.url_path, f"{site_packages / entry.directory}/"))
+    cert, cert_key = (str(tls_files[0]), str(tls_files[1])) if tls_files else (None, None)
+    return SiteInputs(
+        key=key,
+        listen_port=proxy.listen_port,
+        server_names=tuple(proxy.server_names),
+        live_socket=str(app.live_socket),
+        static=tuple(static),
+        client_max_body_size=proxy.client_max_body_size,
+        tls_certificate=cert,
+        tls_certificate_key=cert_key,
+        listen_address=listen_address,
+    )
+
+
+def render_site(inputs: SiteInputs) -> str:
+    """One app's server block; raises `SiteConfigError` on any value unsafe for nginx."""
+    check_site(inputs)
+    return _template(SITE_TEMPLATE).render(
+        site=inputs,
+        listen=_listen(inputs.listen_address, inputs.listen_port),
+        tls=inputs.tls_certificate is not None,
+    )
+
+
+def render_main(inputs: MainInputs) -> str:
+    """The host's nginx.conf; raises `SiteConfigError` on any value unsafe for nginx."""
+    check_main(inputs)
+    return _template(MAIN_TEMPLATE).render(
+        main=inputs,
+        worker_processes=inputs.worker_processes or "auto",
+        default_http=[_listen(inputs.listen_address, p) for p in inputs.default_http_ports],
+        default_https=[_listen(inputs.listen_address, p) for p in inputs.default_https_ports],
+    )
+
+
+def check_site(inputs: SiteInputs) -> None:
+    """Refuse anything nginx would read as more than one plain token."""
+    if not _APP_KEY.fullmatch(inputs.key):
+        raise SiteConfigError(f"app key {inputs.key!r} is not '<namespace>_<app>' of DNS labels")
+    _check_port(inputs.listen_port, "listen port")
+    _listen(inputs.listen_address, inputs.listen_port)
+    if not inputs.server_names:
+        raise SiteConfigError(f"{inputs.key}: at least one server name is needed")
+    for name in inputs.server_names:
+        _check_rule(rules.SERVER_NAME, name, "server name")
+    _check_path(inputs.live_socket, "live socket")
+    _check_rule(rules.BODY_SIZE, inputs.client_max_body_size, "client_max_body_size")
+    if (inputs.tls_certificate is None) != (inputs.tls_certificate_key is None):
+        raise SiteConfigError(f"{inputs.key}: TLS needs both a certificate and a key")
+    for path in (inputs.tls_certificate, inputs.tls_certificate_key):
+        if path is not None:
+            _check_path(path, "TLS file")
+    seen: set[str] = set()
+    for location in inputs.static:
+        _check_rule(rules.URL_PATH_PREFIX, location.url_path, "static url path")
+        # `location /` is the app itself; two equal prefixes are a duplicate location.
+        # The models do not (yet) refuse these, so say clearly why nginx would.
+        if location.url_path == "/":
+            raise SiteConfigError(f"{inputs.key}: static url path '/' would hide the app")
+        if location.url_path in seen:
+            raise SiteConfigError(f"{inputs.key}: static url path {location.url_path!r} given twice")
+        seen.add(location.url_path)
+        _check_path(location.directory, "static directory")
+        # Prefix and alias both end with '/', or '/static../' would escape the directory.
+        if not location.directory.endswith("/"):
+            raise SiteConfigError(f"static directory {location.directory!r} must end with '/'")
+
+
+def check_main(inputs: MainInputs) -> None:
+    _check_path(inputs.prefix, "nginx prefix")
+    if not _POSIX_NAME.fullmatch(inputs.worker_user):
+        raise SiteConfigError(f"worker user {inputs.worker_user!r} is not a POSIX user name")
+    if inputs.worker_group is not None and not _POSIX_NAME.fullmatch(inputs.worker_group):
+        raise SiteConfigError(f"worker group {inputs.worker_group!r} is not a POSIX group name")
+    if inputs.worker_processes is not None and not 1 <= inputs.worker_processes <= 256:
+        raise SiteConfigError(f"worker_processes {inputs.worker_processes} is out of range")
+    if not 1 <= inputs.worker_shutdown_timeout_seconds <= 3600:
+        raise SiteConfigError("worker_shutdown_timeout must be 1..3600 seconds")
+    for include in inputs.site_includes:
+        # A glob is allowed here ('*'); the prefix check covers the rest.
+        _check_path(include.replace("*", "x"), "site include")
+    for port in (*inputs.default_http_ports, *inputs.default_https_ports):
+        _listen(inputs.listen_address, port)
+
+
+def _check_rule(rule: rules.StringRule, value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise SiteConfigError(f"{what} must be a string, not {type(value).__name__}")
+    try:
+        rule.check(value)
+    except ValueError as exc:
+        raise SiteConfigError(f"{what}: {exc}") from None
+
+
+def _check_path(value: object, what: str) -> None:
+    if not isinstance(value, str) or not _SAFE_PATH.fullmatch(value):
+        raise SiteConfigError(
+            f"{what} {value!r} must be an absolute path of letters, digits and '._~+@,=-'"
+        )
+    if any(part in (".", "..") for part in value.split("/")):
+        raise SiteConfigError(f"{what} {value!r} must not contain '.' or '..' segments")
+
+
+def _check_port(port: object, what: str) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise SiteConfigError(f"{what} {port!r} must be an integer from 1 to 65535")
+
+
+def _listen(address: str, port: int) -> str:
+    """`listen` argument for an IP literal and port: 0.0.0.0:80, [::]:443."""
+    _check_port(port, "listen port")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise SiteConfigError(f"listen address {address!r} is not an IP address") from None
+    return f"[{ip.compressed}]:{port}" if ip.version == 6 else f"{ip.compressed}:{port}"
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("apprelease", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # nginx syntax, not HTML: values are validated above instead
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _template(name: str) -> jinja2.Template:
+    return _environment().get_template(name)
+
+
+def join_tokens(values: Sequence[str]) -> str:
+    """Space-separated list of already validated plain tokens."""
+    return " ".join(values)

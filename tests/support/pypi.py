@@ -1,0 +1,322 @@
+"""A local package index for tests and the demo: webxample wheels plus gunicorn from the registry.
+
+There is no internet here but the package registries, and the sample app is not published,
+so tests build webxample wheels at any version (`build_webxample_wheel`), fetch gunicorn's
+wheel once into a cache (`fetch_registry_wheels`), and serve both as a PEP 503 "simple"
+index over HTTP on 127.0.0.1 (`LocalIndex`), which logs every request so a test can tell
+whether a build downloaded anything. `start_webxample_index` does all three; the session
+fixture `package_index` wraps it for pytest. Nothing but the fixture needs pytest, so the
+demo script (`hack/`) can use the same functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+REPO = Path(__file__).resolve().parents[2]
+WEBXAMPLE_SOURCE = REPO / "examples" / "webxample"
+GUNICORN_REQUIREMENT = "gunicorn==27.0.1"
+DEFAULT_WHEEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "apprelease" / "wheels"
+WEBXAMPLE_VERSIONS = ("1.0.0", "2.0.0", "3.0.0")
+
+_SOURCE_VERSION = re.compile(r'^__version__ = "([^"]+)"$', re.MULTILINE)
+
+
+def _uv() -> str:
+    """The uv installed next to this interpreter (the dev venv), else one on PATH."""
+    beside = Path(sys.executable).with_name("uv")
+    found = str(beside) if beside.exists() else shutil.which("uv")
+    if found is None:
+        raise RuntimeError("uv is needed to build the webxample wheel: install the 'test' extra")
+    return found
+
+
+def _registry_env() -> dict[str, str]:
+    # Building needs setuptools from the registry (build isolation); the machine's pip
+    # settings (PIP_FIND_LINKS, ...) mean nothing to uv, and uv config files are ignored.
+    return {k: v for k, v in os.environ.items() if not k.startswith("UV_")}
+
+
+def build_webxample_wheel(version: str, out_dir: Path) -> Path:
+    """Build examples/webxample as a wheel at `version` into `out_dir`; return the wheel's path.
+
+    The source is copied to a temp dir and its one version string rewritten (the package's
+    `__version__`, read by setuptools, and the static file that mentions it), so wheels at
+    different versions differ in name, metadata and content.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="webxample-src-") as tmp:
+        src = Path(tmp) / "webxample"
+        shutil.copytree(
+            WEBXAMPLE_SOURCE, src, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__")
+        )
+        init = src / "webxample" / "__init__.py"
+        match = _SOURCE_VERSION.search(init.read_text())
+        if match is None:
+            raise RuntimeError(f"no __version__ line in {init}")
+        old = match.group(1)
+        for path in (init, src / "webxample" / "static" / "hello.txt"):
+            path.write_text(path.read_text().replace(old, version))
+        dist = Path(tmp) / "dist"
+        proc = subprocess.run(
+            [_uv(), "build", "--wheel", "--no-config", "--python", sys.executable, "--out-dir", str(dist), str(src)],
+            env=_registry_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"building webxample {version} failed:\n{proc.stdout[-3000:]}")
+        (wheel,) = dist.glob("*.whl")
+        target = out_dir / wheel.name
+        shutil.move(str(wheel), target)
+    return target
+
+
+def fetch_registry_wheels(
+    requirements: Sequence[str] = (GUNICORN_REQUIREMENT,), cache_dir: Path = DEFAULT_WHEEL_CACHE
+) -> list[Path]:
+    """Wheels of `requirements` and their dependencies, downloaded once into `cache_dir`.
+
+    Uses pip with the machine's own settings: that is how this machine reaches the registry.
+    A manifest per requirement set records the files, so later calls touch no network.
+    """
+    cache_dir = Path(cache_dir)
+    key = hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:16]
+    manifest = cache_dir / f"manifest-{key}.json"
+    if manifest.exists():
+        names = json.loads(manifest.read_text())["files"]
+        paths = [cache_dir / name for name in names]
+        if all(p.exists() for p in paths):
+            return paths
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="download-", dir=cache_dir) as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", tmp, *requirements],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"pip download {' '.join(requirements)} failed:\n{proc.stdout[-3000:]}")
+        names = sorted(p.name for p in Path(tmp).iterdir())
+        for name in names:
+            os.replace(Path(tmp) / name, cache_dir / name)
+    manifest.write_text(json.dumps({"requirements": sorted(requirements), "files": names}))
+    return [cache_dir / name for name in names]
+
+
+def normalize(name: str) -> str:
+    """PEP 503 project name normalization."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_of(filename: str) -> str:
+    """Normalized project name of a wheel or sdist file name."""
+    return normalize(filename.split("-", 1)[0])
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    method: str
+    path: str
+    status: int
+
+
+class LocalIndex:
+    """A PEP 503 simple index over HTTP on 127.0.0.1, serving the wheels in `directory`.
+
+    Pages are computed per request, so wheels copied in later are served too.
+    `/simple/` lists projects, `/simple/<project>/` links files with `#sha256=` fragments,
+    `/files/<name>` serves a file. Every request is appended to `requests`.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._requests: list[IndexRequest] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+    def start(self) -> LocalIndex:
+        index = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                index._serve(self, head=False)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                index._serve(self, head=True)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass  # the request log below replaces stderr lines
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-index", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            assert self._thread is not None
+            self._thread.join(timeout=10)
+            self._server = None
+
+    def __enter__(self) -> LocalIndex:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the index is not running")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """The index URL for `--index-url` / `source.indexUrl`."""
+        return f"http://127.0.0.1:{self.port}/simple/"
+
+    def file_url(self, wheel: Path | str) -> str:
+        """Direct URL of one file of the index (for `source.wheel.url`)."""
+        return f"http://127.0.0.1:{self.port}/files/{Path(wheel).name}"
+
+    # -- request log
+    @property
+    def requests(self) -> list[IndexRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def downloads(self) -> list[str]:
+        """Names of files served (not index pages)."""
+        return [r.path.rsplit("/", 1)[-1] for r in self.requests if r.path.startswith("/files/") and r.status == 200]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # -- serving
+    def _files(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if p.is_file() and p.name.endswith((".whl", ".tar.gz")))
+
+    def _page(self, title: str, links: list[tuple[str, str]]) -> bytes:
+        body = "".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a><br/>\n' for href, text in links)
+        return f"<!DOCTYPE html>\n<html><head><title>{html.escape(title)}</title></head><body>\n{body}</body></html>\n".encode()
+
+    def _respond(self, path: str) -> tuple[int, str, bytes | Path]:
+        parts = [unquote(p) for p in path.split("?", 1)[0].split("/") if p]
+        files = self._files()
+        if parts == ["simple"]:
+            projects = sorted({project_of(f.name) for f in files})
+            return 200, "text/html", self._page("Simple index", [(f"{p}/", p) for p in projects])
+        if len(parts) == 2 and parts[0] == "simple":
+            wanted = normalize(parts[1])
+            mine = [f for f in files if project_of(f.name) == wanted]
+            if not mine:
+                return 404, "text/plain", b"no such project\n"
+            links = [(f"/files/{f.name}#sha256={sha256_of(f)}", f.name) for f in mine]
+            return 200, "text/html", self._page(f"Links for {wanted}", links)
+        if len(parts) == 2 and parts[0] == "files":
+            match = [f for f in files if f.name == parts[1]]
+            if match:
+                return 200, "application/octet-stream", match[0]
+        return 404, "text/plain", b"not found\n"
+
+    def _serve(self, handler: BaseHTTPRequestHandler, *, head: bool) -> None:
+        status, content_type, body = self._respond(handler.path)
+        with self._lock:
+            self._requests.append(IndexRequest(handler.command, handler.path, status))
+        data = body.read_bytes() if isinstance(body, Path) else body
+        handler.send_response(HTTPStatus(status))
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if not head:
+            handler.wfile.write(data)
+
+
+@dataclass
+class WebxampleIndex:
+    """A running LocalIndex with webxample at several versions and gunicorn's wheels."""
+
+    index: LocalIndex
+    wheels: dict[str, Path] = field(default_factory=dict)  # webxample version -> wheel
+
+    @property
+    def url(self) -> str:
+        return self.index.url
+
+    def wheel_url(self, version: str) -> str:
+        return self.index.file_url(self.wheels[version])
+
+    def wheel_sha256(self, version: str) -> str:
+        return sha256_of(self.wheels[version])
+
+    def stop(self) -> None:
+        self.index.stop()
+
+
+def start_webxample_index(
+    directory: Path, versions: Sequence[str] = WEBXAMPLE_VERSIONS, cache_dir: Path = DEFAULT_WHEEL_CACHE
+) -> WebxampleIndex:
+    """Build webxample at `versions` into `directory`, add gunicorn's wheels, serve it all."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for wheel in fetch_registry_wheels(cache_dir=cache_dir):
+        shutil.copy2(wheel, directory / wheel.name)
+    wheels = {version: build_webxample_wheel(version, directory) for version in versions}
+    return WebxampleIndex(index=LocalIndex(directory).start(), wheels=wheels)
+
+
+# The fixture is defined only where pytest is installed: the functions above serve the demo
+# script too, which must not need pytest.
+try:
+    import pytest
+except ImportError:  # pragma: no cover - outside the test environment
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebxampleIndex]:
+        """webxample 1.0.0, 2.0.0, 3.0.0 and gunicorn, served on loopback for the session."""
+        served = start_webxample_index(tmp_path_factory.mktemp("pypi"))
+        try:
+            yield served
+        finally:
+            served.stop()
