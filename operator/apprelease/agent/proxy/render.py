@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -257,7 +256,3 @@ def _environment() -> jinja2.Environment:
 def _template(name: str) -> jinja2.Template:
     return _environment().get_template(name)
 
-
-def join_tokens(values: Sequence[str]) -> str:
-    """Space-separated list of already validated plain tokens."""
-    return " ".join(values)
