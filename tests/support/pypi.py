@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,7 +122,10 @@ def fetch_registry_wheels(
         names = sorted(p.name for p in Path(tmp).iterdir())
         for name in names:
             os.replace(Path(tmp) / name, cache_dir / name)
-    manifest.write_text(json.dumps({"requirements": sorted(requirements), "files": names}))
+    # Written whole then renamed: a parallel test run may be reading it.
+    partial = manifest.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"requirements": sorted(requirements), "files": names}))
+    os.replace(partial, manifest)
     return [cache_dir / name for name in names]
 
 
@@ -236,7 +239,8 @@ class LocalIndex:
 
     def _page(self, title: str, links: list[tuple[str, str]]) -> bytes:
         body = "".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a><br/>\n' for href, text in links)
-        return f"<!DOCTYPE html>\n<html><head><title>{html.escape(title)}</title></head><body>\n{body}</body></html>\n".encode()
+        head = f"<!DOCTYPE html>\n<html><head><title>{html.escape(title)}</title></head><body>\n"
+        return f"{head}{body}</body></html>\n".encode()
 
     def _respond(self, path: str) -> tuple[int, str, bytes | Path]:
         parts = [unquote(p) for p in path.split("?", 1)[0].split("/") if p]
@@ -303,20 +307,8 @@ def start_webxample_index(
     return WebxampleIndex(index=LocalIndex(directory).start(), wheels=wheels)
 
 
-# The fixture is defined only where pytest is installed: the functions above serve the demo
-# script too, which must not need pytest.
-try:
-    import pytest
-except ImportError:  # pragma: no cover - outside the test environment
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
-
-    @pytest.fixture(scope="session")
-    def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebxampleIndex]:
-        """webxample 1.0.0, 2.0.0, 3.0.0 and gunicorn, served on loopback for the session."""
-        served = start_webxample_index(tmp_path_factory.mktemp("pypi"))
-        try:
-            yield served
-        finally:
-            served.stop()
+# Shared by every test module of a session. pytest makes one fixture definition per module
+# that imports `package_index`, so a session-scoped fixture imported into two modules would
+# build and serve everything twice; the fixture instances share one index instead, counted,
+# and the last one torn down stops it. (A `pytest_plugins = ["support.pypi"]` line in the
+# root conftest.py would register it once as well.)

@@ -1,0 +1,552 @@
+"""The release store: one immutable virtualenv per buildId under `apps/<key>/releases/`.
+
+Called by the agent's reconcile core: `ensure_release` is step 1 of a rotation (make sure the
+venv for the spec's buildId exists), `list_releases` + `releases_to_collect` +
+`remove_release` are the garbage collection after it, and `remove_temp_builds` clears what a
+crashed build left behind (at agent start, when no build of the app runs).
+
+The one invariant: `releases/<buildId>` exists only when it is complete. A build happens in
+`releases/.tmp-<buildId>-<random>/` and is renamed into place as its last step; a removal
+renames to a `.tmp-` name first. So an existing release directory is reused without running
+anything, which is what makes a rollback take about a second.
+
+Builds ignore the host's pip/uv configuration (config files and PIP_*/UV_* variables) so the
+same spec builds the same venv on every host. Apps run as `<venv>/bin/python -m gunicorn`,
+never through console-script shebangs, which is why a venv built under a temp name stays
+valid after the rename.
+
+Pure helpers (commands, environment, GC choice) come first; functions touching the
+filesystem, the network or processes follow.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from ..api import identity
+from ..api.models import HostReleaseSpec
+from .executor import CommandFailed, LocalExecutor
+from .layout import TMP_PREFIX, AppPaths, HostLayout
+
+log = logging.getLogger(__name__)
+
+Tool = Literal["uv", "pip"]
+
+DEFAULT_PYTHON_SEARCH_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+LOG_TAIL_LINES = 30
+RELEASE_RECORD = "release.json"
+DOWNLOAD_DIR = "download"
+# Environment variables that would make a build depend on the host rather than the spec.
+AMBIENT_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
+# Printed by each candidate interpreter: proves it runs (as root, here) and tells its version.
+PROBE = "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.python_version())"
+GUNICORN_PROBE = "import gunicorn; print(gunicorn.__version__)"
+
+
+class BuildFailed(RuntimeError):
+    """A venv could not be built; `log_tail` is the end of the uv/pip output, for status."""
+
+    def __init__(self, build_id: str, reason: str, log_tail: str = ""):
+        self.build_id = build_id
+        self.reason = reason
+        self.log_tail = log_tail
+        super().__init__(f"build {build_id} failed: {reason}" + (f"\n{log_tail}" if log_tail else ""))
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    build_id: str
+    path: Path  # releases/<buildId>
+    reused: bool  # True when the release existed: nothing was run or downloaded
+    seconds: float
+    tool: Tool | None  # None when reused
+    log_tail: str
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    build_id: str
+    created: datetime  # when the build finished (release.json), UTC
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+
+def clean_build_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment for build commands: the host's, minus pip/uv/Python settings.
+
+    PATH, HOME, locale and proxy variables stay (a host may need its proxy to reach the
+    index); pip additionally gets PIP_CONFIG_FILE=/dev/null, which makes it skip every
+    config file, including the global one that `--isolated` still reads.
+    """
+    env = {k: v for k, v in environ.items() if not k.startswith(AMBIENT_PREFIXES)}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def interpreter_candidates(python: str, search_path: Sequence[str]) -> list[Path]:
+    """`python<X.Y>` in each directory of `search_path`, in order.
+
+    Not $PATH: here (and on many hosts) a pyenv shim comes first there, whose interpreter
+    lives in root's home (mode 700) and cannot be executed by the app's user.
+    """
+    return [Path(directory) / f"python{python}" for directory in search_path]
+
+
+def venv_command(tool: Tool, interpreter: Path, venv: Path, *, uv: str | None, cache_dir: Path) -> list[str]:
+    if tool == "uv":
+        assert uv is not None
+        return [
+            uv, "venv", "--no-config", "--relocatable", "--no-python-downloads",
+            "--python-preference", "only-system", "--python", str(interpreter),
+            "--cache-dir", str(cache_dir), str(venv),
+        ]  # fmt: skip
+    return [str(interpreter), "-m", "venv", str(venv)]
+
+
+def install_command(
+    tool: Tool,
+    venv: Path,
+    *,
+    uv: str | None,
+    cache_dir: Path,
+    index_url: str | None,
+    wheel_file: Path | None,
+    requirements: Sequence[str],
+) -> list[str]:
+    """The one install command; without an index URL the tool's default index (PyPI) is used."""
+    python = str(venv / "bin" / "python")
+    if tool == "uv":
+        assert uv is not None
+        argv = [uv, "pip", "install", "--no-config", "--python", python, "--cache-dir", str(cache_dir)]
+        # Compile now: the app's user cannot write __pycache__ into the root-owned venv.
+        argv += ["--compile-bytecode", "--no-progress"]
+    else:
+        argv = [python, "-m", "pip", "install", "--isolated", "--no-input", "--disable-pip-version-check"]
+        argv += ["--no-warn-script-location", "--progress-bar", "off", "--cache-dir", str(cache_dir)]
+    if index_url:
+        argv += ["--index-url", index_url]
+    if wheel_file is not None:
+        argv.append(str(wheel_file))
+    argv += list(requirements)
+    return argv
+
+
+def wheel_filename(url: str) -> str:
+    """The file name a wheel URL names; installers read name and version from it."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    if not name.endswith(".whl") or "/" in name or name.startswith("."):
+        raise ValueError(f"{url} does not name a .whl file")
+    return name
+
+
+def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def releases_to_collect(records: Iterable[ReleaseRecord], keep: set[str], limit: int) -> list[str]:
+    """buildIds to remove: all but the `limit` newest and those in `keep`.
+
+    `keep` holds the serving and previous builds, which are never collected whatever their
+    age. Newest first by creation time (ties broken by buildId, so the choice is stable);
+    the result is in that order too.
+    """
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, not {limit}")
+    ordered = sorted(records, key=lambda r: (r.created, r.build_id), reverse=True)
+    retained = {r.build_id for r in ordered[:limit]} | keep
+    return [r.build_id for r in ordered if r.build_id not in retained]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ----------------------------------------------------------------------------- the build
+
+
+@dataclass
+class _BuildLog:
+    """Everything the build commands printed, each command introduced by its argv."""
+
+    text: str = ""
+
+    def add(self, argv: Sequence[str], output: str) -> None:
+        self.text += f"$ {' '.join(argv)}\n{output}"
+        if output and not output.endswith("\n"):
+            self.text += "\n"
+
+    def note(self, line: str) -> None:
+        self.text += f"# {line}\n"
+
+    def tail(self) -> str:
+        return tail(self.text)
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The host's python<X.Y> a venv is made from."""
+
+    path: Path
+    minor: str  # "3.11"
+    full: str  # "3.11.2"
+
+
+def ensure_release(
+    layout: HostLayout,
+    key: str,
+    spec: HostReleaseSpec,
+    executor: LocalExecutor,
+    *,
+    uv: str | None,
+    python_search_path: Sequence[str] = DEFAULT_PYTHON_SEARCH_PATH,
+    timeout: float = 900,
+) -> BuildResult:
+    """Make sure `releases/<spec.build_id>` exists and is complete; build it if not.
+
+    With `uv` (path of the uv binary) the venv is made by uv with the shared cache
+    `layout.uv_cache`; with `uv=None` by `python -m venv` and pip. Raises `BuildFailed`,
+    leaving no trace in `releases/` but uv's and pip's caches.
+    """
+    started = time.monotonic()
+    paths = layout.app(key)
+    build_id = spec.build_id
+    final = paths.release(build_id)
+    if final.is_dir():
+        return BuildResult(build_id, final, True, time.monotonic() - started, None, "")
+
+    tool: Tool = "uv" if uv else "pip"
+    started_at = _now()
+    _make_dirs(paths.releases)
+    tmp = paths.releases / f"{TMP_PREFIX}{build_id}-{secrets.token_hex(4)}"
+    os.mkdir(tmp)
+    os.chmod(tmp, 0o755)
+    build_log = _BuildLog()
+    try:
+        interpreter = _build_into(
+            tmp, layout, spec, executor, build_log, uv=uv, search_path=python_search_path, timeout=timeout
+        )
+        record = release_document(
+            spec,
+            tool,
+            interpreter,
+            started_at=started_at,
+            finished_at=_now(),
+            seconds=time.monotonic() - started,
+            log_tail=build_log.tail(),
+        )
+        _write_record(tmp, record)
+        reused = _publish(tmp, final)
+    except BaseException as exc:
+        _discard(tmp, exc)
+        raise
+    return BuildResult(build_id, final, reused, time.monotonic() - started, tool, build_log.tail())
+
+
+def _build_into(
+    tmp: Path,
+    layout: HostLayout,
+    spec: HostReleaseSpec,
+    executor: LocalExecutor,
+    build_log: _BuildLog,
+    *,
+    uv: str | None,
+    search_path: Sequence[str],
+    timeout: float,
+) -> Interpreter:
+    build_id = spec.build_id
+    tool: Tool = "uv" if uv else "pip"
+    env = clean_build_env(os.environ)
+    cache_dir = layout.uv_cache if tool == "uv" else layout.pip_cache
+    _make_dirs(cache_dir)
+    interpreter = find_interpreter(spec.python, search_path, executor, env, build_id=build_id)
+    build_log.note(f"interpreter {interpreter.path} (Python {interpreter.full})")
+
+    wheel_file = None
+    if spec.source.wheel is not None:
+        wheel_file = download_wheel(
+            spec.source.wheel.url, spec.source.wheel.sha256, tmp / DOWNLOAD_DIR, build_id=build_id
+        )
+
+    venv = tmp / "venv"
+    commands = [
+        venv_command(tool, interpreter.path, venv, uv=uv, cache_dir=cache_dir),
+        install_command(
+            tool,
+            venv,
+            uv=uv,
+            cache_dir=cache_dir,
+            index_url=spec.source.index_url,
+            wheel_file=wheel_file,
+            requirements=spec.source.requirements or [],
+        ),
+    ]
+    for argv in commands:
+        _run_step(executor, argv, env, build_log, build_id=build_id, tool=tool, timeout=timeout)
+
+    gunicorn = executor.run([str(venv / "bin" / "python"), "-c", GUNICORN_PROBE], env=env, check=False, timeout=60)
+    build_log.note(f"gunicorn {gunicorn.stdout.strip()}" if gunicorn.returncode == 0 else "gunicorn not importable")
+    if gunicorn.returncode != 0:
+        raise BuildFailed(
+            build_id,
+            "gunicorn is not importable in the venv: the requirements must bring gunicorn "
+            "(apps run as <venv>/bin/python -m gunicorn)",
+            tail(gunicorn.stdout),
+        )
+
+    if wheel_file is not None:
+        shutil.rmtree(tmp / DOWNLOAD_DIR)
+    site_packages = Path("venv") / "lib" / f"python{interpreter.minor}" / "site-packages"
+    if not (tmp / site_packages).is_dir():
+        raise BuildFailed(build_id, f"the venv has no {site_packages}", build_log.tail())
+    # Relative, so it stays right after the rename; nginx serves static paths through it.
+    os.symlink(site_packages, tmp / "site-packages")
+    normalize_modes(tmp)
+    return interpreter
+
+
+def _run_step(
+    executor: LocalExecutor,
+    argv: list[str],
+    env: Mapping[str, str],
+    build_log: _BuildLog,
+    *,
+    build_id: str,
+    tool: Tool,
+    timeout: float,
+) -> None:
+    try:
+        proc = executor.run(argv, env=env, timeout=timeout)
+    except CommandFailed as exc:
+        build_log.add(argv, exc.output)
+        reason = f"{tool}: {Path(argv[0]).name} exited with {exc.returncode}"
+        raise BuildFailed(build_id, reason, build_log.tail()) from exc
+    except subprocess.TimeoutExpired as exc:
+        output = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
+        build_log.add(argv, output)
+        raise BuildFailed(build_id, f"{tool}: timed out after {timeout:g}s", build_log.tail()) from exc
+    except FileNotFoundError as exc:
+        raise BuildFailed(build_id, f"{tool}: {argv[0]} not found") from exc
+    build_log.add(argv, proc.stdout)
+
+
+def find_interpreter(
+    python: str,
+    search_path: Sequence[str],
+    executor: LocalExecutor,
+    env: Mapping[str, str],
+    *,
+    build_id: str,
+) -> Interpreter:
+    """The first `python<X.Y>` in `search_path` that runs and reports version X.Y.
+
+    Probed through the executor, not with os.path: in the DaemonSet the host's /usr/bin is
+    reached only through `nsenter`.
+    """
+    tried: list[str] = []
+    for candidate in interpreter_candidates(python, search_path):
+        try:
+            proc = executor.run([str(candidate), "-c", PROBE], env=env, check=False, timeout=30)
+        except (FileNotFoundError, PermissionError) as exc:
+            tried.append(f"{candidate}: {exc.strerror}")
+            continue
+        fields = proc.stdout.split()
+        if proc.returncode == 0 and len(fields) == 2 and fields[0] == python:
+            return Interpreter(candidate, fields[0], fields[1])
+        tried.append(f"{candidate}: {tail(proc.stdout, 2) or f'exit {proc.returncode}'}")
+    raise BuildFailed(
+        build_id,
+        f"python{python} not found in {':'.join(search_path)} (install Python {python} on the host)",
+        "\n".join(tried),
+    )
+
+
+def download_wheel(url: str, sha256: str, directory: Path, *, build_id: str, timeout: float = 120) -> Path:
+    """Download `url` into `directory` and check its sha256 before anything installs it."""
+    try:
+        name = wheel_filename(url)
+    except ValueError as exc:
+        raise BuildFailed(build_id, str(exc)) from exc
+    _make_dirs(directory)
+    target = directory / name
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as exc:
+        raise BuildFailed(build_id, f"downloading {url} failed: {exc}") from exc
+    actual = digest.hexdigest()
+    if actual != sha256:
+        raise BuildFailed(build_id, f"sha256 mismatch for {url}: expected {sha256}, got {actual}")
+    return target
+
+
+def normalize_modes(top: Path) -> None:
+    """Root-owned tree readable by all, writable by its owner only: dirs 0755, files 0644/0755.
+
+    Done explicitly rather than through the agent's umask (process-wide, and whatever the
+    agent was started with), so an app user can never modify its own code or libraries.
+    """
+    # os.walk does not follow symlinks (venv/bin/python, site-packages): their targets are
+    # not ours to change.
+    for dirpath, _dirnames, filenames in os.walk(top):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            os.chmod(path, 0o755 if mode & 0o111 else 0o644)
+
+
+def release_document(
+    spec: HostReleaseSpec,
+    tool: Tool,
+    interpreter: Interpreter,
+    *,
+    started_at: str,
+    finished_at: str,
+    seconds: float,
+    log_tail: str,
+) -> dict[str, Any]:
+    """The content of release.json: what went into the venv and how it was built."""
+    return {
+        "buildId": spec.build_id,
+        "inputs": identity.build_inputs(spec),
+        "tool": tool,
+        "python": interpreter.full,
+        "interpreter": str(interpreter.path),
+        "startedAt": started_at,
+        "finishedAt": finished_at,
+        "seconds": round(seconds, 3),
+        "logTail": log_tail,
+    }
+
+
+def _write_record(tmp: Path, record: dict[str, Any]) -> None:
+    path = tmp / RELEASE_RECORD
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.chmod(path, 0o644)
+
+
+def _publish(tmp: Path, final: Path) -> bool:
+    """Rename the finished build into place; True when another builder got there first.
+
+    Everything is flushed before the rename: after a power cut, a directory that looks
+    complete must not hold empty files (it would be reused forever).
+    """
+    os.sync()
+    try:
+        os.rename(tmp, final)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir():
+            # A concurrent build of the same inputs won; its result is as good as ours.
+            shutil.rmtree(tmp)
+            return True
+        raise
+    _fsync_dir(final.parent)
+    return False
+
+
+def _discard(tmp: Path, exc: BaseException) -> None:
+    """Remove a failed build's temp dir; a cleanup failure is attached to the build's error."""
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    except OSError as cleanup:
+        exc.add_note(f"also failed to remove {tmp}: {cleanup} (remove_temp_builds will retry)")
+
+
+def _make_dirs(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o755)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------- the store / GC
+
+
+def list_releases(app_paths: AppPaths) -> list[ReleaseRecord]:
+    """Complete releases of one app, in no particular order."""
+    if not app_paths.releases.is_dir():
+        return []
+    records = []
+    for entry in app_paths.releases.iterdir():
+        if entry.name.startswith(TMP_PREFIX) or not entry.is_dir() or entry.is_symlink():
+            continue
+        records.append(ReleaseRecord(entry.name, _created(entry)))
+    return records
+
+
+def _created(release: Path) -> datetime:
+    try:
+        return datetime.fromisoformat(json.loads((release / RELEASE_RECORD).read_text())["finishedAt"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # Not one of ours by construction (release.json is written before the rename), but
+        # GC must still be able to order it: the directory's own time is the next best thing.
+        log.warning("release %s has no readable %s (%s); using its mtime", release, RELEASE_RECORD, exc)
+        return datetime.fromtimestamp(release.stat().st_mtime, timezone.utc)
+
+
+def remove_release(app_paths: AppPaths, build_id: str) -> bool:
+    """Remove one release; False if it was not there. Refuses the one `current` points to.
+
+    Renamed to a `.tmp-` name first, so a removal cut short never leaves a directory that
+    looks complete (and `remove_temp_builds` finishes it).
+    """
+    if build_id.startswith(TMP_PREFIX) or "/" in build_id or build_id in ("", ".", ".."):
+        raise ValueError(f"{build_id!r} is not a buildId")
+    release = app_paths.release(build_id)
+    if not release.is_dir():
+        return False
+    if app_paths.current.is_symlink() and Path(os.readlink(app_paths.current)).name == build_id:
+        raise ValueError(f"release {build_id} is current: it cannot be removed")
+    doomed = app_paths.releases / f"{TMP_PREFIX}{build_id}-{secrets.token_hex(4)}-removing"
+    os.rename(release, doomed)
+    shutil.rmtree(doomed)
+    return True
+
+
+def remove_temp_builds(app_paths: AppPaths) -> list[str]:
+    """Remove what crashed builds and removals left (`.tmp-*`); returns the names removed.
+
+    Call only when no build of this app is running (the agent works on one app at a time),
+    or it would pull a build's directory from under it.
+    """
+    if not app_paths.releases.is_dir():
+        return []
+    removed = []
+    for entry in sorted(app_paths.releases.iterdir()):
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry.name)
+    return removed
