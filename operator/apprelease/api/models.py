@@ -152,9 +152,19 @@ class Proxy(Model):
     listen_port: int = Field(default=80, ge=1, le=65535, description="Port nginx listens on.")
     tls: TLS | None = Field(default=None, description="Serve HTTPS with a certificate from a Secret.")
     static: list[StaticPath] = Field(
-        default_factory=list, max_length=20, description="Paths served by nginx from the release, not the app."
+        default_factory=list,
+        max_length=20,
+        description="Paths served by nginx from the release, not the app.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["urlPath"]},
     )
     client_max_body_size: checked(rules.BODY_SIZE, "Largest request body nginx accepts.") = "1m"
+
+    @model_validator(mode="after")
+    def _unique_static(self) -> Proxy:
+        paths = [s.url_path for s in self.static]
+        if len(paths) != len(set(paths)):
+            raise ValueError(f"static: each urlPath may appear once, got {paths}")
+        return self
 
 
 class HealthCheck(Model):

@@ -124,8 +124,8 @@ POSIX_USER = StringRule(
     forbidden_reason="apps never run as root: name a dedicated unprivileged user, e.g. the app's name",
 )
 URL_PATH_PREFIX = StringRule(
-    r"^/([A-Za-z0-9_~-][A-Za-z0-9._~-]*/)*$",
-    "a URL path prefix such as /static/: starts and ends with '/', no '..' or '.' segments, no spaces",
+    r"^/([A-Za-z0-9_~-][A-Za-z0-9._~-]*/)+$",
+    "a URL path prefix such as /static/: starts and ends with '/', not '/' alone, no '..' or '.' segments, no spaces",
     200,
 )
 RELATIVE_DIR = StringRule(

@@ -2,8 +2,8 @@
 
 `site_inputs` turns one app's validated `Proxy` spec into `SiteInputs` (absolute paths under the
 agent root), `render_site` renders that app's server block (`conf.d/<key>.conf`), `render_main`
-renders the host's `nginx.conf`. The `Nginx` applier (`nginx.py`) and `apprelease render` call
-these; unit tests check their output token by token.
+renders the host's `nginx.conf`. The `Nginx` applier (`nginx.py`) and the agent's core call
+these; unit tests check their output statement by statement.
 
 Every value reaching a template is checked again here, although the pydantic models already
 refuse quotes, braces, semicolons and whitespace: a value that nginx would read as more than
@@ -31,7 +31,7 @@ MAIN_TEMPLATE = "nginx.conf.j2"
 # Characters allowed in an absolute filesystem path that reaches nginx unquoted: no
 # whitespace, quotes, ';', '{', '}', '$' (variables), '#' (comments), '\\' (escapes).
 _SAFE_PATH = re.compile(r"^(/[A-Za-z0-9._~+@,=-]+)+/?$")
-_APP_KEY = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?_[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+APP_KEY = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?_[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -160,7 +160,7 @@ def render_main(inputs: MainInputs) -> str:
 
 def check_site(inputs: SiteInputs) -> None:
     """Refuse anything nginx would read as more than one plain token."""
-    if not _APP_KEY.fullmatch(inputs.key):
+    if not APP_KEY.fullmatch(inputs.key):
         raise SiteConfigError(f"app key {inputs.key!r} is not '<namespace>_<app>' of DNS labels")
     _check_port(inputs.listen_port, "listen port")
     _listen(inputs.listen_address, inputs.listen_port)
