@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
-from . import models, rules
+from . import models
+from .rules import DNS_LABEL
 
 _DROP = {"title"}
 
@@ -70,20 +71,19 @@ def openapi_schema(model: type[BaseModel], *, with_defaults: bool = True) -> dic
     return schema
 
 
-_NAME_RULE = {
-    "rule": f"self.metadata.name.matches(r'{rules.DNS_LABEL.pattern}') && size(self.metadata.name) <= 40",
-    "message": "metadata.name must be a DNS-1123 label of at most 40 characters "
-    "(it names per-host objects, labels and directories)",
+_APP_NAME_RULE = {
+    "rule": f"self.metadata.name.matches(r'{DNS_LABEL.pattern}') && size(self.metadata.name) <= {models.APP_NAME_MAX}",
+    "message": f"metadata.name {models.APP_NAME_MESSAGE}",
 }
 
 
 def _crd(kind: str, plural: str, short: str, spec: type[BaseModel], status: type[BaseModel],
-         columns: list[dict[str, Any]], description: str) -> dict[str, Any]:
+         columns: list[dict[str, Any]], description: str, rules: list[dict[str, str]]) -> dict[str, Any]:
     schema = {
         "type": "object",
         "description": description,
         "required": ["spec"],
-        "x-kubernetes-validations": [_NAME_RULE],
+        **({"x-kubernetes-validations": rules} if rules else {}),
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
@@ -144,6 +144,7 @@ def crds() -> dict[str, dict[str, Any]]:
             _column("Paused", ".spec.paused", "boolean", priority=1),
         ],
         "AppRelease: one Python web app released onto the hosts its selector picks, rolled host by host.",
+        [_APP_NAME_RULE],
     )
     host = _crd(
         "HostRelease", "hostreleases", "hr", models.HostReleaseSpec, models.HostReleaseStatus,
@@ -156,6 +157,7 @@ def crds() -> dict[str, dict[str, Any]]:
             _column("Revision", ".spec.revision", priority=1),
         ],
         "HostRelease: the resolved release for one host, written by the operator and reconciled by that host's agent.",
+        [],
     )
     return {"apprelease.dev_appreleases.yaml": app, "apprelease.dev_hostreleases.yaml": host}
 

@@ -340,7 +340,7 @@ class HostReleaseStatus(Model):
 
 class ObjectMeta(Model):
     model_config = ConfigDict(extra="allow")
-    name: checked(rules.DNS_LABEL, "Object name.")
+    name: checked(rules.DNS_SUBDOMAIN, "Object name.")
     namespace: str = "default"
     generation: int | None = None
 
@@ -352,6 +352,19 @@ class AppRelease(Model):
     metadata: ObjectMeta
     spec: AppReleaseSpec
     status: AppReleaseStatus | None = None
+
+    @model_validator(mode="after")
+    def _short_name(self) -> AppRelease:
+        name = self.metadata.name
+        if not re.fullmatch(rules.DNS_LABEL.pattern, name) or len(name) > APP_NAME_MAX:
+            raise ValueError(f"metadata.name: {APP_NAME_MESSAGE}")
+        return self
+
+
+APP_NAME_MAX = 40
+APP_NAME_MESSAGE = (
+    f"must be a DNS-1123 label of at most {APP_NAME_MAX} characters (it names per-host objects, labels and directories)"
+)
 
 
 class HostRelease(Model):

@@ -1,0 +1,35 @@
+"""From an AppRelease to the HostRelease one host runs: the operator's fan-out, pure.
+
+Also used by tests and the demo to produce HostRelease manifests for `apprelease agent
+reconcile -f` without a cluster.
+"""
+
+from __future__ import annotations
+
+from . import identity
+from .models import APP_LABEL, NODE_LABEL, AppRelease, AppReleaseSpec, HostRelease, HostReleaseSpec, ObjectMeta, ReleaseTemplate
+
+_TEMPLATE_FIELDS = tuple(ReleaseTemplate.model_fields)
+
+
+def host_release_name(app: str, node: str) -> str:
+    return f"{app}-{node}"
+
+
+def host_release_spec(app: str, node: str, spec: AppReleaseSpec) -> HostReleaseSpec:
+    template = {name: getattr(spec, name) for name in _TEMPLATE_FIELDS}
+    return HostReleaseSpec(
+        **template, app=app, node=node, build_id=identity.build_id(spec), revision=identity.revision(spec)
+    )
+
+
+def host_release(app: AppRelease, node: str) -> HostRelease:
+    meta = app.metadata
+    return HostRelease(
+        metadata=ObjectMeta(
+            name=host_release_name(meta.name, node),
+            namespace=meta.namespace,
+            labels={NODE_LABEL: node, APP_LABEL: meta.name},
+        ),
+        spec=host_release_spec(meta.name, node, app.spec),
+    )
