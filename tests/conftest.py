@@ -2,11 +2,15 @@
 
 `package_index`: webxample 1.0.0/2.0.0/3.0.0 (built here) and gunicorn's wheels served as a
 PEP 503 index on loopback, so every venv build in the tests is a real HTTP install.
+`short_tmp`: a temp dir whose path leaves room for unix socket names.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +22,12 @@ def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webxampl
     served = start_webxample_index(tmp_path_factory.mktemp("pypi"))
     yield served
     served.stop()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temp dir with a short path: unix socket paths (gunicorn, circus ipc) are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="ar-", dir="/tmp"))
+    path.chmod(0o755)  # app users traverse it to reach their venv and socket
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

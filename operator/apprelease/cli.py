@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+from .agent import cli as agent_cli
 from .api import crdgen
 
 
@@ -56,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-f", "--file", required=True)
     validate.set_defaults(func=_cmd_validate)
 
+    agent_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return args.func(args)
 
 

@@ -78,6 +78,12 @@ CASES = [
         ["ensure-user", "ensure-release", "start-watcher", "health-check"],
     ),
     (
+        "stopped-watcher-is-restarted",
+        Observed(releases=frozenset({"b2"}), current_build="b2", live_revision="r2", running=frozenset({"r2"}),
+                 inactive=frozenset({"r2"}), site="site-v2"),
+        ["ensure-user", "ensure-release", "start-watcher", "health-check"],
+    ),
+    (
         "failed-revision-is-terminal",
         Observed(**{**SERVING_V1.__dict__, "failed_revision": "r2"}),
         ["report-failed"],

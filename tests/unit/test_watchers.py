@@ -61,6 +61,7 @@ def test_argv_runs_gunicorn_through_the_venv_interpreter_on_the_revision_socket(
         "20",
         "--graceful-timeout",
         "7",
+        "--no-control-socket",
         "--max-requests=1000",
         "webxample.app:application",
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,6 +48,7 @@ def version(environ: dict[str, Any]) -> Response:
 def healthz(environ: dict[str, Any]) -> Response:
     # Read per request, so a test can start a revision whose health check fails.
     if os.environ.get("WEBXAMPLE_FAIL_HEALTH") == "1":
+        print("webxample: /healthz failing on purpose (WEBXAMPLE_FAIL_HEALTH=1)", file=sys.stderr, flush=True)
         return _text(500, "unhealthy (WEBXAMPLE_FAIL_HEALTH=1)\n")
     return _text(200, "ok\n")
 

@@ -23,6 +23,7 @@ class Observed:
     current_build: str | None = None  # target of the `current` link
     live_revision: str | None = None  # target of run/live.sock
     running: frozenset[str] = frozenset()  # revisions with a watcher in the supervisor
+    inactive: frozenset[str] = frozenset()  # of those, the ones stopped or given up on (need a restart)
     site: str | None = None  # the live nginx site config text
     failed_revision: str | None = None  # a revision whose boot failed (terminal until the spec changes)
     gc_candidates: tuple[str, ...] = ()  # buildIds GC would remove (computed from release records)
@@ -87,7 +88,7 @@ def plan_release(desired: Desired, observed: Observed) -> Plan:
     if observed.temp_builds:
         actions.append(Action(CLEAN_TEMP))
     is_live = observed.live_revision == desired.revision
-    needs_workers = desired.revision not in observed.running
+    needs_workers = desired.revision not in observed.running or desired.revision in observed.inactive
     if needs_workers or not is_live:
         actions.append(Action(ENSURE_USER, desired.user))
         actions.append(Action(ENSURE_RELEASE, desired.build_id))

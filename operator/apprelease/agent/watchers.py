@@ -67,6 +67,8 @@ def gunicorn_argv(python: Path, socket: Path, spec: HostReleaseSpec) -> tuple[st
         str(server.timeout_seconds),
         "--graceful-timeout",
         str(server.graceful_timeout_seconds),
+        # gunicorn 27's control socket lives in the user's home; system users have none
+        "--no-control-socket",
         *server.extra_args,
         spec.entrypoint,
     )

@@ -1,0 +1,177 @@
+"""`apprelease agent ...`: the host agent's commands for people and tests.
+
+    apprelease agent reconcile -f hostrelease.yaml [-f secret.yaml] --root DIR
+    apprelease agent status --root DIR
+    apprelease agent remove --app NAME [--namespace NS] --root DIR
+    apprelease agent stop --root DIR          stop this root's supervisor daemon and nginx
+
+Wiring only: flags become a `core.Host`, manifests become typed resources, results print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..api.manifests import ManifestError, load_documents, parse_resource
+from ..api.models import HostRelease
+from . import core, state
+from .executor import HostExecutor, LocalExecutor
+from .layout import HostLayout, parse_watcher_name
+from .proxy.nginx import Nginx
+from .supervisors import make_supervisor
+
+DEFAULT_ROOT = "/var/lib/apprelease"
+
+
+def add_host_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default=DEFAULT_ROOT, help=f"agent root directory (default {DEFAULT_ROOT})")
+    parser.add_argument("--supervisor", choices=("circus", "supervisord"), default="circus")
+    parser.add_argument("--listen-address", default="0.0.0.0", help="address nginx listens on")
+    parser.add_argument("--proxy-user", default="www-data", help="user (and group) of nginx's workers")
+    parser.add_argument("--catch-all-port", type=int, action="append", default=[],
+                        help="ports where unknown Host headers get 404 instead of the first app (e.g. 80)")
+    parser.add_argument("--no-uv", action="store_true", help="build venvs with python -m venv + pip")
+    parser.add_argument("--host-namespaces", action="store_true",
+                        help="run host commands through nsenter -t 1 (the agent in a DaemonSet pod)")
+
+
+def make_host(args: argparse.Namespace) -> core.Host:
+    layout = HostLayout(Path(args.root).resolve())
+    executor = HostExecutor() if args.host_namespaces else LocalExecutor()
+    uv = None if args.no_uv else shutil.which("uv") or _venv_uv()
+    return core.Host(
+        layout=layout,
+        executor=executor,
+        supervisor=make_supervisor(args.supervisor, layout, executor),
+        nginx=Nginx(layout, executor, listen_address=args.listen_address, worker_user=args.proxy_user,
+                    default_http_ports=tuple(args.catch_all_port)),
+        uv=uv,
+        proxy_group=args.proxy_user,
+    )
+
+
+def _venv_uv() -> str | None:
+    candidate = Path(sys.executable).with_name("uv")
+    return str(candidate) if candidate.exists() else None
+
+
+def tls_from_secrets(docs: list[dict]) -> core.TLSSource:
+    """A TLS source reading kubernetes.io/tls Secret documents given on the command line."""
+    secrets = {
+        ((d.get("metadata") or {}).get("namespace", "default"), d["metadata"]["name"]): d
+        for d in docs if d.get("kind") == "Secret"
+    }
+
+    def lookup(namespace: str, name: str) -> tuple[str, str]:
+        data = secrets[(namespace, name)].get("data") or {}
+        return base64.b64decode(data["tls.crt"]).decode(), base64.b64decode(data["tls.key"]).decode()
+
+    return lookup
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    docs = []
+    for file in args.file:
+        docs += load_documents(Path(file).read_text() if file != "-" else sys.stdin.read())
+    try:
+        releases = [parse_resource(d) for d in docs if d.get("kind") == "HostRelease"]
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not releases:
+        print("error: no HostRelease in the given files", file=sys.stderr)
+        return 2
+    host = make_host(args)
+    host.start()
+    failed = False
+    for release in releases:
+        assert isinstance(release, HostRelease)
+        try:
+            result = core.reconcile(host, release, tls_from_secrets(docs))
+        except core.StepFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        failed |= result.status.phase != "Ready"
+        out = {
+            "hostRelease": f"{release.metadata.namespace}/{release.metadata.name}",
+            "plan": [str(a) for a in result.plan.actions],
+            "steps": [{"action": a, "seconds": round(s, 3)} for a, s in result.steps],
+            "status": result.status.wire(),
+        }
+        print(yaml.safe_dump(out, sort_keys=False) if args.output == "yaml" else json.dumps(out))
+    return 1 if failed else 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    host = make_host(args)
+    apps = sorted(p.name for p in host.layout.apps.iterdir()) if host.layout.apps.exists() else []
+    running: dict[str, list[str]] = {}
+    for name in host.supervisor.watchers() if host.supervisor.daemon_pid() else {}:
+        parsed = parse_watcher_name(name)
+        if parsed:
+            running.setdefault(parsed[0], []).append(parsed[1])
+    report = []
+    for key in apps:
+        paths = host.layout.app(key)
+        app_state = state.load(paths.state_file)
+        report.append({
+            "app": key,
+            "serving": core.live_revision(paths),
+            "current": Path(core._link_target(paths.current) or "").name or None,
+            "running": sorted(running.get(key, [])),
+            "releases": [r.build_id for r in core.builder.list_releases(paths)],
+            "failed": app_state.failed.wire() if app_state.failed else None,
+            "nginxSite": host.nginx.current_site(key) is not None,
+        })
+    print(yaml.safe_dump(report, sort_keys=False) if args.output == "yaml" else json.dumps(report))
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    host = make_host(args)
+    host.start()
+    done = core.remove(host, args.namespace, args.app)
+    print(str(done))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    host = make_host(args)
+    host.nginx.stop()
+    host.supervisor.stop_daemon()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    agent = sub.add_parser("agent", help="the host agent")
+    verbs = agent.add_subparsers(dest="verb", required=True)
+
+    rec = verbs.add_parser("reconcile", help="move this host to the HostRelease(s) in the given files")
+    rec.add_argument("-f", "--file", action="append", required=True,
+                     help="YAML with HostRelease documents (and kubernetes.io/tls Secrets they name)")
+    rec.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    add_host_options(rec)
+    rec.set_defaults(func=_cmd_reconcile)
+
+    st = verbs.add_parser("status", help="what this host serves, runs and keeps on disk")
+    st.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    add_host_options(st)
+    st.set_defaults(func=_cmd_status)
+
+    rm = verbs.add_parser("remove", help="stop an app on this host and delete its files")
+    rm.add_argument("--app", required=True)
+    rm.add_argument("--namespace", default="default")
+    add_host_options(rm)
+    rm.set_defaults(func=_cmd_remove)
+
+    stop = verbs.add_parser("stop", help="stop this root's supervisor daemon (and its apps) and nginx")
+    add_host_options(stop)
+    stop.set_defaults(func=_cmd_stop)
+

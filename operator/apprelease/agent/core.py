@@ -1,0 +1,306 @@
+"""Reconciling one host towards one HostRelease: observe, plan, apply, report.
+
+Called by `apprelease agent reconcile` and by the in-cluster agent loop. `observe` reads the
+host (release store, symlinks, supervisor, nginx, the small state file); `plan.plan_release`
+decides; `_Apply` performs the actions through the executors and stops at the first failure,
+leaving the serving revision untouched. The returned status is what the HostRelease shows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..api.models import BuildRecord, HostRelease, HostReleaseSpec, HostReleaseStatus
+from . import builder, health, plan, state, users
+from .executor import LocalExecutor
+from .layout import TMP_PREFIX, AppPaths, HostLayout, app_key, parse_watcher_name, watcher_name
+from .proxy.nginx import Nginx, ProxyConfigRejected
+from .supervisors.base import Supervisor
+from .watchers import watcher_for
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 30
+
+# (namespace, secret name) -> (certificate PEM, key PEM); raises KeyError when absent.
+TLSSource = Callable[[str, str], tuple[str, str]]
+
+
+@dataclass
+class Host:
+    """The executors of one host, wired once by the CLI or the in-cluster agent."""
+
+    layout: HostLayout
+    supervisor: Supervisor
+    nginx: Nginx
+    executor: LocalExecutor = field(default_factory=LocalExecutor)
+    uv: str | None = None
+    proxy_group: str = "www-data"
+    settle_seconds: float = 0.5  # connections already queued on the old socket get accepted
+
+    def start(self) -> None:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        self.layout.root.chmod(0o755)
+        check_traversable(self.layout.root)
+        self.supervisor.ensure_running()
+        self.nginx.ensure_running()
+
+
+@dataclass
+class Result:
+    status: HostReleaseStatus
+    plan: plan.Plan
+    steps: list[tuple[str, float]] = field(default_factory=list)  # (action, seconds)
+
+
+def check_traversable(path: Path) -> None:
+    """App users reach their venv and socket through the agent root: every ancestor needs o+x."""
+    for directory in [path, *path.parents]:
+        if not directory.stat().st_mode & 0o001:
+            raise StepFailed(
+                f"{directory} is not traversable by other users, so apps under {path} could not run "
+                f"as their own user: use another --root or `chmod o+x {directory}`"
+            )
+
+
+class StepFailed(Exception):
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+def _link_target(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _replace_symlink(link: Path, target: str) -> None:
+    """Point `link` at `target` atomically: a new symlink renamed over the old one."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+ACTIVE = frozenset({"running", "starting", "stopping", "backoff"})
+
+
+def app_watchers(supervisor: Supervisor, key: str) -> dict[str, str]:
+    """revision -> watcher status, for this app's watchers."""
+    out = {}
+    for name, watcher in supervisor.watchers().items():
+        parsed = parse_watcher_name(name)
+        if parsed and parsed[0] == key:
+            out[parsed[1]] = watcher.status
+    return out
+
+
+def live_revision(paths: AppPaths) -> str | None:
+    target = _link_target(paths.live_socket)
+    return target.removesuffix(".sock") if target else None
+
+
+def log_tail(paths: AppPaths, revision: str, lines: int = LOG_TAIL_LINES, daemon_logs: tuple[Path, ...] = ()) -> str:
+    """The end of the revision's stderr and stdout, or, when it never ran, what its supervisor said of it."""
+    chunks = []
+    for stream in ("stderr", "stdout"):
+        text = _tail_text(paths.log_file(revision, stream))
+        chunks.append("\n".join(text.splitlines()[-lines:]))
+    if not any(chunks):
+        for log_path in daemon_logs:
+            said = [line for line in _tail_text(log_path).splitlines() if revision in line]
+            chunks.append("\n".join(said[-lines:]))
+    return "\n".join(c for c in chunks if c)
+
+
+def _tail_text(path: Path, size: int = 64 * 1024) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - size))
+        return f.read().decode(errors="replace")
+
+
+def observe(host: Host, key: str, app_state: state.AppState, *, serving_next: str | None, limit: int) -> plan.Observed:
+    paths = host.layout.app(key)
+    records = builder.list_releases(paths)
+    on_disk = [r.build_id for r in sorted(records, key=lambda r: r.created, reverse=True)]
+    temp = tuple(sorted(p.name for p in paths.releases.glob(f"{TMP_PREFIX}*"))) if paths.releases.exists() else ()
+    current = _link_target(paths.current)
+    watchers = app_watchers(host.supervisor, key)
+    recency = [b for b in app_state.served_builds if b in on_disk]
+    recency += [b for b in on_disk if b not in recency]
+    if serving_next:
+        recency = [serving_next, *[b for b in recency if b != serving_next]]
+    gc = tuple(plan.collectable(recency, serving=serving_next, limit=limit)) if serving_next else ()
+    return plan.Observed(
+        releases=frozenset(on_disk),
+        temp_builds=temp,
+        current_build=Path(current).name if current else None,
+        live_revision=live_revision(paths),
+        running=frozenset(watchers),
+        inactive=frozenset(r for r, status in watchers.items() if status not in ACTIVE),
+        site=host.nginx.current_site(key),
+        failed_revision=app_state.failed.revision if app_state.failed else None,
+        gc_candidates=gc,
+    )
+
+
+class _Apply:
+    """Performs one plan's actions for one app, in order; the first failure stops it."""
+
+    def __init__(self, host: Host, key: str, spec: HostReleaseSpec | None = None, site: str = "",
+                 app_state: state.AppState | None = None):
+        self.host, self.key, self.spec, self.site = host, key, spec, site
+        self.state = app_state or state.AppState()
+        self.paths = host.layout.app(key)
+
+    def run(self, actions: tuple[plan.Action, ...], steps: list[tuple[str, float]]) -> None:
+        for action in actions:
+            started = time.monotonic()
+            log.info("%s: %s", self.key, action)
+            getattr(self, "do_" + action.kind.replace("-", "_"))(action.target)
+            steps.append((str(action), time.monotonic() - started))
+
+    def do_clean_temp_builds(self, _: str) -> None:
+        builder.remove_temp_builds(self.paths)
+
+    def do_ensure_user(self, user: str) -> None:
+        users.ensure_user(user)
+        users.prepare_app_dirs(self.paths, user, self.host.proxy_group)
+
+    def do_ensure_release(self, build_id: str) -> None:
+        try:
+            result = builder.ensure_release(self.host.layout, self.key, self.spec, self.host.executor, uv=self.host.uv)
+        except builder.BuildFailed as exc:
+            raise StepFailed(f"venv build {build_id} failed: {exc}", exc.log_tail) from None
+        self.state.last_build = BuildRecord(build_id=result.build_id, reused=result.reused, seconds=round(result.seconds, 3))
+
+    def do_start_watcher(self, revision: str) -> None:
+        name = watcher_name(self.key, revision)
+        if name in self.host.supervisor.watchers():  # present but stopped or given up on
+            self.host.supervisor.remove(name)
+        self.paths.socket(revision).unlink(missing_ok=True)  # a stale socket from a crash
+        self.host.supervisor.add(watcher_for(self.host.layout, self.key, self.spec))
+
+    def do_health_check(self, revision: str) -> None:
+        check = self.spec.health_check
+        result = health.wait_healthy(
+            self.paths.socket(revision), check.path, expected=check.expected_status,
+            deadline_seconds=check.timeout_seconds, host=self.spec.proxy.server_names[0],
+        )
+        if result.healthy:
+            return
+        tail = log_tail(self.paths, revision, daemon_logs=tuple(self.host.layout.supervisor.glob("*.log")))
+        self.host.supervisor.remove(watcher_name(self.key, revision))
+        message = f"revision {revision} ({self.spec.version}) failed its health check: {result.detail}"
+        self.state.failed = state.FailedRevision(revision=revision, message=message, log_tail=tail, at=state.now())
+        raise StepFailed(message, tail)
+
+    def do_write_site(self, _: str) -> None:
+        try:
+            self.host.nginx.apply_site(self.key, self.site)
+        except ProxyConfigRejected as exc:
+            raise StepFailed(f"nginx rejected the site config, the previous one still serves: {exc}") from None
+
+    def do_switch_live(self, revision: str) -> None:
+        _replace_symlink(self.paths.live_socket, f"{revision}.sock")
+        self.state.served(self.spec.build_id, revision, self.spec.version)
+
+    def do_settle(self, _: str) -> None:
+        time.sleep(self.host.settle_seconds)
+
+    def do_stop_watcher(self, revision: str) -> None:
+        self.host.supervisor.remove(watcher_name(self.key, revision))
+        self.paths.socket(revision).unlink(missing_ok=True)
+
+    def do_swap_current(self, build_id: str) -> None:
+        _replace_symlink(self.paths.current, f"releases/{build_id}")
+
+    def do_collect_release(self, build_id: str) -> None:
+        builder.remove_release(self.paths, build_id)
+
+    def do_report_failed(self, _: str) -> None:
+        failed = self.state.failed
+        raise StepFailed(failed.message if failed else "failed", failed.log_tail if failed else "")
+
+    def do_remove_site(self, _: str) -> None:
+        self.host.nginx.remove_site(self.key)
+
+    def do_remove_app_dir(self, _: str) -> None:
+        shutil.rmtree(self.paths.base, ignore_errors=False)
+
+
+def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None) -> Result:
+    """Move this host to `release.spec`; never leaves it without the previously serving revision."""
+    spec, namespace = release.spec, release.metadata.namespace
+    key = app_key(namespace, spec.app)
+    paths = host.layout.app(key)
+    app_state = state.load(paths.state_file)
+    if app_state.failed and app_state.failed.revision != spec.revision:
+        app_state.failed = None  # a new spec gets a fresh chance
+
+    tls_files = None
+    if spec.proxy.tls:
+        if tls is None:
+            raise StepFailed(f"proxy.tls names Secret {spec.proxy.tls.secret_name!r} but no Secret source is configured")
+        try:
+            cert, key_pem = tls(namespace, spec.proxy.tls.secret_name)
+        except KeyError:
+            raise StepFailed(f"TLS Secret {namespace}/{spec.proxy.tls.secret_name} not found") from None
+        tls_files = host.nginx.write_tls(key, cert, key_pem)
+    site = host.nginx.render_site(key, spec.proxy, tls_files)
+
+    desired = plan.Desired(build_id=spec.build_id, revision=spec.revision, user=spec.user, site=site)
+    observed = observe(host, key, app_state, serving_next=spec.build_id, limit=spec.revision_history_limit)
+    the_plan = plan.plan_release(desired, observed)
+    result = Result(status=HostReleaseStatus(), plan=the_plan)
+    error: StepFailed | None = None
+    paths.base.mkdir(parents=True, exist_ok=True)
+    try:
+        _Apply(host, key, spec, site, app_state).run(the_plan.actions, result.steps)
+    except StepFailed as exc:
+        error = exc
+        log.warning("%s: %s", key, exc)
+    finally:
+        state.save(paths.state_file, app_state)
+        paths.spec_file.write_text(json.dumps(release.wire(), indent=2))
+    result.status = _status(release, paths, app_state, error)
+    return result
+
+
+def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, error: StepFailed | None) -> HostReleaseStatus:
+    serving = live_revision(paths)
+    current = _link_target(paths.current)
+    last = next((e for e in reversed(app_state.history) if e.revision == serving), None)
+    ready = error is None and serving == release.spec.revision
+    return HostReleaseStatus(
+        observed_generation=release.metadata.generation,
+        phase="Ready" if ready else "Failed",
+        serving_revision=serving,
+        serving_build_id=Path(current).name if current else None,
+        serving_version=last.version if last else None,
+        message=str(error) if error else f"serving {release.spec.version} ({release.spec.revision})",
+        log_tail=error.log_tail if error and error.log_tail else None,
+        last_build=app_state.last_build,
+        history=app_state.history,
+        updated_at=state.now(),
+    )
+
+
+def remove(host: Host, namespace: str, app: str) -> plan.Plan:
+    """Stop an app on this host and delete its files: nginx config first, then its watchers."""
+    key = app_key(namespace, app)
+    observed = observe(host, key, state.AppState(), serving_next=None, limit=1)
+    the_plan = plan.plan_removal(observed)
+    _Apply(host, key).run(the_plan.actions, [])
+    return the_plan

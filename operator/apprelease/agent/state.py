@@ -1,0 +1,58 @@
+"""The little an agent remembers per app that the host itself cannot show.
+
+Everything else (which venvs exist, what runs, what nginx serves) is observed afresh on each
+reconcile. What is kept here: which revision failed its boot (so it is not retried in a
+loop), the order releases were served in (for GC and "previous"), the last build, and the
+switch history reported in HostRelease status. Written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import Field
+
+from ..api.models import BuildRecord, Model, RevisionEvent
+
+HISTORY_KEPT = 20
+
+
+class FailedRevision(Model):
+    revision: str
+    message: str
+    log_tail: str = ""
+    at: datetime
+
+
+class AppState(Model):
+    failed: FailedRevision | None = None
+    served_builds: list[str] = Field(default_factory=list)  # most recent first
+    last_build: BuildRecord | None = None
+    history: list[RevisionEvent] = Field(default_factory=list)  # oldest first
+
+    def served(self, build_id: str, revision: str, version: str) -> None:
+        self.served_builds = [build_id, *[b for b in self.served_builds if b != build_id]]
+        self.history = [*self.history, RevisionEvent(revision=revision, version=version, at=now())][-HISTORY_KEPT:]
+
+    def previous_build(self) -> str | None:
+        return self.served_builds[1] if len(self.served_builds) > 1 else None
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def load(path: Path) -> AppState:
+    if not path.exists():
+        return AppState()
+    return AppState.model_validate_json(path.read_text())
+
+
+def save(path: Path, state: AppState) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state.wire(), indent=2))
+    os.replace(tmp, path)

