@@ -2,6 +2,7 @@
 
 `package_index`: webxample 1.0.0/2.0.0/3.0.0 (built here) and gunicorn's wheels served as a
 PEP 503 index on loopback, so every venv build in the tests is a real HTTP install.
+`control_plane`: a real etcd + kube-apiserver + kube-controller-manager on loopback.
 `short_tmp`: a temp dir whose path leaves room for unix socket names.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from support.cluster import control_plane  # noqa: F401 - the session fixture
 from support.pypi import WebxampleIndex, start_webxample_index
 
 

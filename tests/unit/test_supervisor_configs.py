@@ -184,7 +184,7 @@ def test_supervisord_program_file_round_trips(tmp_path: Path, env: dict[str, str
     assert process.name == spec.name
     assert shlex.split(process.command) == launch_argv(spec)
     assert decode_env(process.environment or {}) == env
-    assert set(process.environment or {}) == {f"APPRELEASE_ENV_{k}" for k in env}
+    assert set(process.environment or {}) == {f"APPRELEASE_ENV_{i}" for i in range(len(env))}
     assert process.directory == str(tmp_path)
     assert process.stopsignal == 15 and process.stopwaitsecs == 35
     assert (process.stopasgroup, process.killasgroup, process.autostart) == (False, True, True)

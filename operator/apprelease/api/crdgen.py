@@ -105,7 +105,7 @@ def _crd(kind: str, plural: str, short: str, spec: type[BaseModel], status: type
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": [short],
-                "categories": ["apprelease"],
+                "categories": ["apprelease-all"],
             },
             "versions": [
                 {

@@ -12,7 +12,7 @@ Shared here:
   substitutes '$NAME' from circusd's own environment; supervisord cuts at ' ;' and ' #',
   strips quotes off both ends, cannot quote a value holding both quote kinds, and hands
   every program its own environment plus SUPERVISOR_* variables). So the config carries
-  each value hex-encoded under `APPRELEASE_ENV_<name>`, and the command is the release's
+  each `NAME=value` hex-encoded under `APPRELEASE_ENV_<i>`, and the command is the release's
   interpreter running a one-line launcher that decodes them and execve()s gunicorn with
   exactly that environment and nothing else. Same pid, so signals and restarts are as if
   the daemon had started gunicorn itself.
@@ -51,8 +51,8 @@ ENV_PREFIX = "APPRELEASE_ENV_"
 LAUNCHER = (
     "import os,sys;"
     f"n={len(ENV_PREFIX)};"
-    "e={k[n:]:bytes.fromhex(v.decode())for k,v in os.environb.items()"
-    f"if k[:n]==b{ENV_PREFIX!r}}};"
+    "e=dict(bytes.fromhex(v.decode()).split(b'=',1)for k,v in os.environb.items()"
+    f"if k[:n]==b{ENV_PREFIX!r});"
     "os.execve(sys.argv[1],sys.argv[1:],e)"
 )
 # Longest unix socket path: sun_path is 108 bytes including the terminating NUL.
@@ -128,22 +128,27 @@ class Supervisor(Protocol):
 
 
 def encode_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The environment as configured in the daemon: each value hex-encoded (see LAUNCHER)."""
+    """The environment as configured in the daemon: `APPRELEASE_ENV_<i>` = hex("NAME=value").
+
+    Numbered keys, not the names themselves: ini parsers fold option names to lower case,
+    so `F` and `f` would collide (found by hypothesis); the name travels inside the value.
+    """
     encoded = {}
-    for name, value in env.items():
+    for i, (name, value) in enumerate(sorted(env.items())):
         rules.ENV_NAME.check(name)
         rules.ENV_VALUE.check(value)
-        encoded[ENV_PREFIX + name] = value.encode("utf-8", "surrogateescape").hex()
+        encoded[f"{ENV_PREFIX}{i}"] = f"{name}={value}".encode("utf-8", "surrogateescape").hex()
     return encoded
 
 
 def decode_env(encoded: Mapping[str, str]) -> dict[str, str]:
     """What LAUNCHER makes of a configured environment (tests compare it with the spec)."""
-    return {
-        name[len(ENV_PREFIX) :]: bytes.fromhex(value).decode("utf-8", "surrogateescape")
-        for name, value in encoded.items()
-        if name.startswith(ENV_PREFIX)
-    }
+    pairs = (
+        bytes.fromhex(value).decode("utf-8", "surrogateescape").split("=", 1)
+        for key, value in encoded.items()
+        if key.upper().startswith(ENV_PREFIX)
+    )
+    return dict(pairs)
 
 
 def launch_argv(spec: WatcherSpec) -> list[str]:
