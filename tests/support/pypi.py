@@ -162,8 +162,9 @@ class LocalIndex:
     `/files/<name>` serves a file. Every request is appended to `requests`.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, port: int = 0):
         self.directory = Path(directory)
+        self.port_wanted = port
         self._lock = threading.Lock()
         self._requests: list[IndexRequest] = []
         self._server: ThreadingHTTPServer | None = None
@@ -183,7 +184,7 @@ class LocalIndex:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass  # the request log below replaces stderr lines
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port_wanted), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-index", daemon=True)
         self._thread.start()
@@ -296,7 +297,8 @@ class WebxampleIndex:
 
 
 def start_webxample_index(
-    directory: Path, versions: Sequence[str] = WEBXAMPLE_VERSIONS, cache_dir: Path = DEFAULT_WHEEL_CACHE
+    directory: Path, versions: Sequence[str] = WEBXAMPLE_VERSIONS, cache_dir: Path = DEFAULT_WHEEL_CACHE,
+    port: int = 0,
 ) -> WebxampleIndex:
     """Build webxample at `versions` into `directory`, add gunicorn's wheels, serve it all."""
     directory = Path(directory)
@@ -304,11 +306,27 @@ def start_webxample_index(
     for wheel in fetch_registry_wheels(cache_dir=cache_dir):
         shutil.copy2(wheel, directory / wheel.name)
     wheels = {version: build_webxample_wheel(version, directory) for version in versions}
-    return WebxampleIndex(index=LocalIndex(directory).start(), wheels=wheels)
+    return WebxampleIndex(index=LocalIndex(directory, port).start(), wheels=wheels)
 
 
-# Shared by every test module of a session. pytest makes one fixture definition per module
-# that imports `package_index`, so a session-scoped fixture imported into two modules would
-# build and serve everything twice; the fixture instances share one index instead, counted,
-# and the last one torn down stops it. (A `pytest_plugins = ["support.pypi"]` line in the
-# root conftest.py would register it once as well.)
+def main() -> None:
+    """`python tests/support/pypi.py --dir D --port P`: build and serve until SIGTERM (the demo)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="serve webxample's wheels as a local PEP 503 index")
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--version", action="append", dest="versions")
+    args = parser.parse_args()
+    served = start_webxample_index(args.dir, args.versions or WEBXAMPLE_VERSIONS, port=args.port)
+    print(f"serving {served.url} ({', '.join(served.wheels)})", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    served.stop()
+
+
+if __name__ == "__main__":
+    main()
