@@ -102,7 +102,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
         out = {
             "hostRelease": f"{release.metadata.namespace}/{release.metadata.name}",
             "plan": [str(a) for a in result.plan.actions],
-            "steps": [{"action": a, "seconds": round(s, 3)} for a, s in result.steps],
+            "steps": [{"action": s.action, "seconds": round(s.seconds, 3)} for s in result.steps],
             "status": result.status.wire(),
         }
         print(yaml.safe_dump(out, sort_keys=False) if args.output == "yaml" else json.dumps(out))

@@ -53,11 +53,18 @@ class Host:
         self.nginx.ensure_running()
 
 
+@dataclass(frozen=True)
+class Step:
+    action: str
+    started: float  # time.monotonic() when it began: benchmarks line steps up with client traffic
+    seconds: float
+
+
 @dataclass
 class Result:
     status: HostReleaseStatus
     plan: plan.Plan
-    steps: list[tuple[str, float]] = field(default_factory=list)  # (action, seconds)
+    steps: list[Step] = field(default_factory=list)
 
 
 def check_traversable(path: Path) -> None:
@@ -164,12 +171,12 @@ class _Apply:
         self.state = app_state or state.AppState()
         self.paths = host.layout.app(key)
 
-    def run(self, actions: tuple[plan.Action, ...], steps: list[tuple[str, float]]) -> None:
+    def run(self, actions: tuple[plan.Action, ...], steps: list[Step]) -> None:
         for action in actions:
             started = time.monotonic()
             log.info("%s: %s", self.key, action)
             getattr(self, "do_" + action.kind.replace("-", "_"))(action.target)
-            steps.append((str(action), time.monotonic() - started))
+            steps.append(Step(str(action), started, time.monotonic() - started))
 
     def do_clean_temp_builds(self, _: str) -> None:
         builder.remove_temp_builds(self.paths)

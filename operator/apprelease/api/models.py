@@ -304,6 +304,10 @@ class AppReleaseStatus(Model):
     previous_revision: str | None = None
     history: list[RetainedRelease] = Field(default_factory=list)
     hosts: list[HostState] = Field(default_factory=list)
+    last_progress_time: datetime | None = Field(
+        default=None,
+        description="When the rollout last made progress (a host moved or settled); the progress deadline counts from it.",
+    )
 
 
 HostPhase = Literal["Pending", "Building", "Starting", "Ready", "Failed", "Terminating"]
