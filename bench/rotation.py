@@ -151,17 +151,19 @@ def naive_restarts_under_wrk(host, index, port: int, restarts: int) -> dict[str,
     return stats
 
 
-def hup_after_symlink_swap(host, index, port: int) -> tuple[dict[str, float], str, str]:
+def hup_after_symlink_swap(host, index, port: int, preload: bool) -> tuple[dict[str, float], str, str]:
     """gunicorn started from `current/venv`, then `current` swapped to v2 and the master HUPed."""
     base = host.layout.app(KEY)
     releases = {v: core.reconcile(host, release_for(index.url, v, port=port)).status.serving_build_id for v in VERSIONS}
     core.reconcile(host, release_for(index.url, VERSIONS[0], port=port))
     classic = base.base / "classic"
+    classic.unlink(missing_ok=True)
     classic.symlink_to(base.release(releases["1.0.0"]))
     sock = base.run / "classic.sock"
     gunicorn = subprocess.Popen(
         [str(classic / "venv" / "bin" / "python"), "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", "2",
-         "--threads", "8", "--worker-class", "gthread", "--no-control-socket", "webxample.app:application"],
+         "--threads", "8", "--worker-class", "gthread", "--no-control-socket", *(["--preload"] if preload else []),
+         "webxample.app:application"],
         cwd=str(classic), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -186,6 +188,7 @@ def hup_after_symlink_swap(host, index, port: int) -> tuple[dict[str, float], st
         stats = wrk_result(proc)
         tmp.symlink_to(previous.name)
         tmp.replace(live)
+        sock.unlink(missing_ok=True)
         return stats, before, after
     finally:
         gunicorn.terminate()
@@ -217,9 +220,11 @@ def main() -> None:
         print(f"baseline, supervisor restart of the watcher: {args.restarts} restarts at {naive['rps']:.0f} req/s: "
               f"{naive['requests']:.0f} requests, {naive['non2xx']:.0f} non-2xx, {naive['socket_errors']:.0f} socket errors "
               f"= {(naive['non2xx'] + naive['socket_errors']) / args.restarts:.0f} failed per restart")
-        hup, before, after = hup_after_symlink_swap(host, index, port)
-        print(f"baseline, swap `current` + gunicorn HUP: {hup['non2xx']:.0f} non-2xx, {hup['socket_errors']:.0f} "
-              f"socket errors; serving {before} before, {after or '?'} after the swap to 2.0.0")
+        for preload in (False, True):
+            hup, before, after = hup_after_symlink_swap(host, index, port, preload)
+            print(f"baseline, swap `current` + gunicorn HUP{' (--preload)' if preload else ''}: "
+                  f"{hup['non2xx']:.0f} non-2xx, {hup['socket_errors']:.0f} socket errors; "
+                  f"serving {before} before, {after or '?'} after the swap to 2.0.0")
     finally:
         stop_host(host)
         index.stop()

@@ -4,6 +4,8 @@
     apprelease agent status --root DIR
     apprelease agent remove --app NAME [--namespace NS] --root DIR
     apprelease agent stop --root DIR          stop this root's supervisor daemon and nginx
+    apprelease agent run --node NAME --root DIR [--kubeconfig K]
+                                              the in-cluster agent (agent/cluster.py) until SIGTERM
 
 Wiring only: flags become a `core.Host`, manifests become typed resources, results print.
 """
@@ -13,17 +15,23 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
+import os
 import shutil
+import signal
 import sys
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 from ..api.manifests import ManifestError, load_documents, parse_resource
 from ..api.models import HostRelease
-from . import core, state
+from . import cluster, core, kube, state
 from .executor import HostExecutor, LocalExecutor
 from .layout import HostLayout, parse_watcher_name
+from .probes import ProbeServer
 from .proxy.nginx import Nginx
 from .supervisors import make_supervisor
 
@@ -149,6 +157,55 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the traceback, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.log_json:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
+    if not args.node:
+        print("error: --node (or NODE_NAME) is required", file=sys.stderr)
+        return 2
+    configuration = kube.load_configuration(args.kubeconfig)
+    settings = cluster.Settings(node=args.node, resync_seconds=args.resync_seconds,
+                                watch_timeout_seconds=args.watch_timeout_seconds)
+    agent = cluster.ClusterAgent(make_host(args), settings, lambda: kube.HostReleaseAPI(configuration))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Only flag it: the main loop stops the worker after its current reconcile.
+        logging.getLogger(__name__).info("got %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    probes = None
+    if args.health_port:
+        probes = ProbeServer(args.health_address, args.health_port,
+                             {"healthz": agent.health.live, "readyz": agent.health.ready})
+        probes.start()
+    try:
+        agent.run(stop)
+    finally:
+        if probes:
+            probes.stop()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     agent = sub.add_parser("agent", help="the host agent")
     verbs = agent.add_subparsers(dest="verb", required=True)
@@ -174,4 +231,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     stop = verbs.add_parser("stop", help="stop this root's supervisor daemon (and its apps) and nginx")
     add_host_options(stop)
     stop.set_defaults(func=_cmd_stop)
+
+    run = verbs.add_parser("run", help="the in-cluster agent: converge this host on its node's HostReleases")
+    run.add_argument("--node", default=os.environ.get("NODE_NAME"),
+                     help="this host's Node name (default $NODE_NAME, from the downward API)")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG, else the pod's service account)")
+    run.add_argument("--resync-seconds", type=float, default=30.0,
+                     help="reconcile every HostRelease this often, repairing drift on the host (default 30)")
+    run.add_argument("--watch-timeout-seconds", type=int, default=300,
+                     help="server-side timeout of one watch request; it is renewed after (default 300)")
+    run.add_argument("--health-port", type=int, default=0, help="serve /healthz and /readyz here (0: off)")
+    run.add_argument("--health-address", default="0.0.0.0", help="address of the probe server")
+    run.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    add_host_options(run)
+    run.set_defaults(func=_cmd_run)
 

@@ -71,6 +71,10 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
 
 
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, ApiException) and exc.status == 404
+
+
 def describe(exc: BaseException) -> str:
     """One line about an API failure (ApiException's str() spans headers and body)."""
     if isinstance(exc, ApiException):

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from . import rules
@@ -37,6 +37,13 @@ class Model(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The camelCase JSON form, as stored in the apiserver."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _require_unique(key: str, values: list[str]) -> None:
+    """List-map semantics, as the CRD declares them (x-kubernetes-list-map-keys)."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"duplicate {key} {repeated}: each {key} may appear once")
 
 
 def _parse_requirement(value: str) -> str:
@@ -159,12 +166,11 @@ class Proxy(Model):
     )
     client_max_body_size: checked(rules.BODY_SIZE, "Largest request body nginx accepts.") = "1m"
 
-    @model_validator(mode="after")
-    def _unique_static(self) -> Proxy:
-        paths = [s.url_path for s in self.static]
-        if len(paths) != len(set(paths)):
-            raise ValueError(f"static: each urlPath may appear once, got {paths}")
-        return self
+    @field_validator("static")
+    @classmethod
+    def _unique_static(cls, static: list[StaticPath]) -> list[StaticPath]:
+        _require_unique("urlPath", [s.url_path for s in static])
+        return static
 
 
 class HealthCheck(Model):
@@ -236,12 +242,11 @@ class ReleaseTemplate(Model):
         default=5, ge=1, le=50, description="Releases kept on disk for rollback besides the serving one."
     )
 
-    @model_validator(mode="after")
-    def _unique_keys(self) -> ReleaseTemplate:
-        names = [e.name for e in self.env]
-        if len(names) != len(set(names)):
-            raise ValueError(f"env: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
-        return self
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        _require_unique("name", [e.name for e in env])
+        return env
 
 
 class AppReleaseSpec(ReleaseTemplate):

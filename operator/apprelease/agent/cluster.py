@@ -1,0 +1,394 @@
+"""The agent in the cluster: keeps one host converged on the HostReleases of its node.
+
+Started by `apprelease agent run` (agent/cli.py). Three threads:
+
+- the watcher lists and watches this node's HostReleases only (server-side label selector
+  `apprelease.dev/node=<node>`, all namespaces), keeps the latest object of each in a
+  cache and enqueues its key; it re-lists on 410 Gone and reconnects with backoff on errors;
+- one worker takes keys off the queue (agent/workqueue.py) one at a time and reconciles
+  them: finalizer, `core.reconcile`, status (only when it changed), Events; on deletion
+  `core.remove` and the finalizer goes; after each full list it also removes apps on disk
+  that no HostRelease names any more ("sweep"); failures are retried with backoff;
+- the caller's thread (`run`) re-enqueues every known key each `resync_seconds`, which
+  repairs drift on the host (core's plan restores what is missing without a build), and
+  stops everything when `stop` is set (SIGTERM): the current reconcile finishes first.
+
+The host's apps, supervisor daemon and nginx do not depend on this process or on the
+apiserver: while either is away, apps keep serving. Decisions live in agent/sync.py,
+API calls in agent/kube.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from ..api.manifests import explain
+from ..api.models import HostRelease, HostReleaseStatus
+from . import core, kube, sync
+from .kube import FINALIZER, Obj
+from .layout import app_key, parse_watcher_name
+from .workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+SWEEP = "<sweep>"  # queue item: remove apps no HostRelease names (never a key: keys hold a '/')
+
+
+@dataclass
+class Settings:
+    node: str
+    resync_seconds: float = 30.0
+    watch_timeout_seconds: int = 300  # server-side; the watch is simply renewed after it
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0  # short: after an apiserver outage the agent is back within seconds
+    retry_max: float = 60.0  # a failing key is retried at most this far apart (and at each resync)
+
+
+class Backoff:
+    """Exponential backoff with jitter, for reconnects and per-key retries."""
+
+    def __init__(self, initial: float, maximum: float):
+        self.initial, self.maximum = initial, maximum
+        self.attempts = 0
+
+    def next(self) -> float:
+        delay = min(self.maximum, self.initial * 2**self.attempts)
+        self.attempts += 1
+        return delay * random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not security
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class Cache:
+    """key -> the latest HostRelease object seen; written by the watcher, read by the worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[str, Obj] = {}
+
+    def replace(self, objects: list[Obj]) -> set[str]:
+        """Swap in a full list; returns the keys that are gone (deleted while not watching)."""
+        fresh = {kube.object_key(o): o for o in objects}
+        with self._lock:
+            gone = set(self._objects) - set(fresh)
+            self._objects = fresh
+        return gone
+
+    def put(self, obj: Obj) -> None:
+        with self._lock:
+            self._objects[kube.object_key(obj)] = obj
+
+    def pop(self, key: str) -> None:
+        with self._lock:
+            self._objects.pop(key, None)
+
+    def get(self, key: str) -> Obj | None:
+        with self._lock:
+            return self._objects.get(key)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return sorted(self._objects)
+
+    def values(self) -> list[Obj]:
+        with self._lock:
+            return list(self._objects.values())
+
+
+class Retry(Exception):
+    """The key could not be finished for a passing reason; it is queued again with backoff."""
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz report: set by the threads, read by the probe server."""
+
+    synced: threading.Event = field(default_factory=threading.Event)  # a first full list went through
+    connected: bool = False  # the watch is open (or the last API call worked)
+    worker_alive: bool = False
+    last_error: str = ""
+
+    def live(self) -> tuple[bool, str]:
+        return (True, "ok") if self.worker_alive else (False, "worker thread is not running")
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.worker_alive:
+            return False, "worker thread is not running"
+        if not self.synced.is_set():
+            return False, f"HostReleases not listed yet {self.last_error}".strip()
+        if not self.connected:
+            return False, f"apiserver unreachable: {self.last_error}"
+        return True, "ok"
+
+
+class ClusterAgent:
+    """One host's agent. `run(stop)` blocks until `stop` is set, then returns."""
+
+    def __init__(self, host: core.Host, settings: Settings, api_factory: Callable[[], kube.HostReleaseAPI]):
+        self.host, self.settings = host, settings
+        self.selector = kube.node_selector(settings.node)
+        self.cache = Cache()
+        self.queue = WorkQueue()
+        self.health = Health()
+        self._watch_api = api_factory()  # each thread its own client: separate connection pools
+        self._work_api = api_factory()
+        self._failures: dict[str, Backoff] = {}
+        self._written: dict[str, dict] = {}  # key -> last status written (the cache may lag behind)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.host.start()
+        log.info("agent for node %s: watching HostReleases with %s, resync every %gs",
+                 self.settings.node, self.selector, self.settings.resync_seconds)
+        worker = threading.Thread(target=self._work_loop, name="worker")
+        # The watcher may sit in a blocking read: a daemon thread, not joined on shutdown.
+        watcher = threading.Thread(target=self._watch_loop, args=(stop,), name="watcher", daemon=True)
+        self.health.worker_alive = True
+        worker.start()
+        watcher.start()
+        try:
+            while not stop.wait(self.settings.resync_seconds):
+                self.resync()
+        finally:
+            log.info("stopping: finishing the current reconcile")
+            self.queue.shut_down()
+            worker.join()
+            self.health.worker_alive = False
+        log.info("stopped")
+
+    def resync(self) -> None:
+        """Reconcile every known HostRelease again (drift repair), and sweep."""
+        if not self.health.synced.is_set():
+            return
+        for key in self.cache.keys():
+            self.queue.add(key)
+        self.queue.add(SWEEP)
+
+    # -- watcher -----------------------------------------------------------------------
+
+    def _watch_loop(self, stop: threading.Event) -> None:
+        backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+        while not stop.is_set():
+            try:
+                version = self._list()
+                backoff.reset()
+                while not stop.is_set():
+                    version = self._watch(version)
+            except kube.Gone as exc:
+                log.info("watch expired (%s): listing again", exc)
+            except Exception as exc:  # noqa: BLE001 - every failure means: reconnect later
+                self.health.connected = False
+                self.health.last_error = kube.describe(exc)
+                delay = backoff.next()
+                level = logging.WARNING if kube.is_transient(exc) else logging.ERROR
+                log.log(level, "HostRelease list/watch failed (%s); retrying in %.1fs", self.health.last_error, delay,
+                        exc_info=level == logging.ERROR)
+                stop.wait(delay)
+
+    def _list(self) -> str:
+        listed = self._watch_api.list(self.selector)
+        gone = self.cache.replace(listed.items)
+        self.health.connected, self.health.last_error = True, ""
+        first = not self.health.synced.is_set()
+        self.health.synced.set()
+        log.info("listed %d HostRelease(s) for node %s%s", len(listed.items), self.settings.node,
+                 f", {len(gone)} gone since the last list" if gone else "")
+        for key in sorted({kube.object_key(o) for o in listed.items} | gone):
+            self.queue.add(key)
+        if first or gone:
+            self.queue.add(SWEEP)
+        return listed.resource_version
+
+    def _watch(self, version: str) -> str:
+        """Follow one watch request until the server ends it; returns the last resourceVersion."""
+        for kind, obj in self._watch_api.watch(self.selector, version, self.settings.watch_timeout_seconds):
+            self.health.connected = True
+            version = obj["metadata"].get("resourceVersion", version)
+            if kind == "BOOKMARK":
+                continue
+            key = kube.object_key(obj)
+            if kind == "DELETED":
+                self.cache.pop(key)
+                self.queue.add(SWEEP)  # normally a no-op: the finalizer already removed the app
+            else:
+                self.cache.put(obj)
+            log.debug("%s %s", kind, key)
+            self.queue.add(key)
+        return version
+
+    # -- worker ------------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while (key := self.queue.get()) is not None:
+            try:
+                self._process(key)
+            finally:
+                self.queue.done(key)
+
+    def _process(self, key: str) -> None:
+        try:
+            if key == SWEEP:
+                self.sweep()
+            else:
+                self.sync(key)
+        except Exception as exc:  # noqa: BLE001 - logged, and retried with backoff: the worker must live on
+            if kube.is_not_found(exc):
+                log.info("%s: deleted meanwhile (%s)", key, kube.describe(exc))
+                self._failures.pop(key, None)
+                return
+            backoff = self._failures.setdefault(key, Backoff(self.settings.backoff_initial, self.settings.retry_max))
+            delay = backoff.next()
+            if isinstance(exc, Retry) or kube.is_transient(exc):
+                self.health.last_error = kube.describe(exc.__cause__ or exc)
+                log.warning("%s: %s; retrying in %.1fs", key, self.health.last_error, delay)
+            else:
+                log.exception("%s: reconcile failed unexpectedly; retrying in %.1fs", key, delay)
+            self.queue.add_after(key, delay)
+        else:
+            self._failures.pop(key, None)
+
+    def sync(self, key: str) -> None:
+        """Converge the host on one HostRelease (or on its deletion)."""
+        obj = self.cache.get(key)
+        if obj is None:
+            self._written.pop(key, None)
+            return  # gone: the sweep removes its app unless another HostRelease names it
+        if obj["metadata"].get("deletionTimestamp"):
+            self._finalize(key, obj)
+            return
+        obj = self._ensure_finalizer(obj)
+        previous = sync.parse_status(obj)
+        generation = obj["metadata"].get("generation")
+        try:
+            release = HostRelease.model_validate(obj)
+        except ValidationError as exc:
+            message = f"invalid HostRelease:\n{explain(exc)}"
+            self._write_status(key, obj, sync.failed_status(previous, generation, message))
+            return
+        if release.spec.node != self.settings.node:
+            message = f"spec.node is {release.spec.node!r} but the object is labelled for node {self.settings.node!r}"
+            self._write_status(key, obj, sync.failed_status(previous, generation, message))
+            return
+        if sync.is_new_generation(obj):
+            pending = sync.pending_status(previous, generation, f"moving to {release.spec.version} ({release.spec.revision})")
+            obj = self._write_status(key, obj, pending) or obj
+            previous = sync.parse_status(obj)
+        self._write_status(key, obj, self._reconcile(release, previous))
+
+    def _reconcile(self, release: HostRelease, previous: HostReleaseStatus | None) -> HostReleaseStatus:
+        generation = release.metadata.generation
+        try:
+            result = core.reconcile(self.host, release, self._tls_source)
+        except core.StepFailed as exc:  # before any action: the TLS Secret is missing or unusable
+            return sync.failed_status(previous, generation, str(exc))
+        log.info("%s/%s: %s -> %s (%s)", release.metadata.namespace, release.metadata.name,
+                 result.plan, result.status.phase, "; ".join(f"{a} {s:.2f}s" for a, s in result.steps) or "no steps")
+        return result.status
+
+    def _tls_source(self, namespace: str, name: str) -> tuple[str, str]:
+        try:
+            return self._work_api.read_tls_secret(namespace, name)
+        except kube.SecretUnusable as exc:
+            raise core.StepFailed(str(exc)) from None
+        except KeyError:
+            raise  # core reports "TLS Secret ... not found"
+        except Exception as exc:
+            if kube.is_transient(exc):
+                raise Retry(f"reading TLS Secret {namespace}/{name}") from exc
+            raise core.StepFailed(f"cannot read TLS Secret {namespace}/{name}: {kube.describe(exc)}") from exc
+
+    def _ensure_finalizer(self, obj: Obj) -> Obj:
+        finalizers = sync.finalizers_adding(obj, FINALIZER)
+        if finalizers is None:
+            return obj
+        meta = obj["metadata"]
+        # resourceVersion makes the patch conditional: a concurrent change of the list is a 409, retried.
+        updated = self._work_api.patch_metadata(
+            meta["namespace"], meta["name"], {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]})
+        log.info("%s: finalizer %s added", kube.object_key(obj), FINALIZER)
+        return updated
+
+    def _finalize(self, key: str, obj: Obj) -> None:
+        finalizers = sync.finalizers_removing(obj, FINALIZER)
+        if finalizers is None:
+            return  # not ours to clean (never reconciled here), or already done
+        meta = obj["metadata"]
+        app = sync.app_of(obj)
+        others = [o for o in self.cache.values() if kube.object_key(o) != key and not o["metadata"].get("deletionTimestamp")]
+        if app and app_key(meta["namespace"], app) not in sync.wanted_app_keys(others):
+            removal = core.remove(self.host, meta["namespace"], app)
+            log.info("%s: removed %s/%s from this host: %s", key, meta["namespace"], app, removal)
+            self._event(obj, "Normal", "Removed", f"{app} stopped and removed from node {self.settings.node}")
+        self._work_api.patch_metadata(
+            meta["namespace"], meta["name"], {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]})
+        self._written.pop(key, None)
+        log.info("%s: finalizer %s removed", key, FINALIZER)
+
+    def _write_status(self, key: str, obj: Obj, status: HostReleaseStatus) -> Obj | None:
+        """Patch the status subresource if `status` says something new; returns the updated object."""
+        stored = sync.parse_status(obj)
+        status = sync.with_ready_condition(status, stored)
+        written = self._written.get(key)
+        if sync.same_status(stored, status) or (
+            written is not None and sync.same_status(HostReleaseStatus.model_validate(written), status)
+        ):
+            return None
+        meta = obj["metadata"]
+        old_wire = obj.get("status") or {}
+        new_wire = status.wire()
+        try:
+            updated = self._work_api.patch_status(meta["namespace"], meta["name"], sync.merge_patch(old_wire, new_wire))
+        except Exception as exc:
+            if kube.is_transient(exc):
+                raise Retry(f"writing status of {key}") from exc
+            raise
+        self._written[key] = new_wire
+        log.info("%s: status %s: %s", key, status.phase, status.message)
+        event = sync.event_for(stored, status)
+        if event:
+            self._event(updated, *event)
+        return updated
+
+    def _event(self, obj: Obj, event_type: str, reason: str, message: str) -> None:
+        """Events are best effort: a failure is logged and the reconcile goes on."""
+        try:
+            self._work_api.create_event(obj, event_type=event_type, reason=reason, message=message,
+                                        node=self.settings.node)
+        except Exception as exc:  # noqa: BLE001 - best effort by design, but never silent
+            log.warning("%s: could not record Event %s: %s", kube.object_key(obj), reason, kube.describe(exc))
+
+    # -- sweep -------------------------------------------------------------------------
+
+    def apps_on_host(self) -> set[str]:
+        """App keys with anything on this host: a directory, an nginx site or a watcher."""
+        layout = self.host.layout
+        keys = {p.name for p in layout.apps.iterdir() if p.is_dir() and "_" in p.name} if layout.apps.exists() else set()
+        if layout.nginx_sites.exists():
+            keys |= {p.stem for p in layout.nginx_sites.glob("*.conf") if "_" in p.stem}
+        for name in self.host.supervisor.watchers():
+            parsed = parse_watcher_name(name)
+            if parsed:
+                keys.add(parsed[0])
+        return keys
+
+    def sweep(self) -> None:
+        """Remove apps no HostRelease of this node names (deleted or moved while the agent was away).
+
+        Only after a full list (the cache is complete then), and only under this agent's root.
+        """
+        if not self.health.synced.is_set():
+            return
+        for orphan in sync.orphan_app_keys(self.apps_on_host(), self.cache.values()):
+            namespace, app = sync.split_app_key(orphan)
+            removal = core.remove(self.host, namespace, app)
+            log.info("removed %s from this host, no HostRelease of node %s names it: %s",
+                     orphan, self.settings.node, removal)
+

@@ -1,0 +1,168 @@
+"""One reconcile of an AppRelease, and its finalization: read the API, decide, act, report.
+
+Called by `controller.handlers` (the per-AppRelease daemon runs `reconcile_app_release` in a
+worker thread; the deletion handler runs `finalize_app_release`). The decisions are the pure
+functions of `plan` and `status`; this module only gathers their inputs from the API and
+applies their outputs, so it is level-triggered: run twice, or after a crash at any point,
+it converges to the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from ..api import identity, resolve
+from ..api.manifests import explain
+from ..api.models import AppRelease, AppReleaseStatus
+from . import plan, status
+from .kube import KubeApi, host_release_manifest, host_view, status_patch
+from .status import Event
+
+log = logging.getLogger(__name__)
+
+# Posts one event on the AppRelease object given (Kopf's poster in the operator, a list in tests).
+EventSink = Callable[[Mapping[str, Any], Event], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the caller's loop needs: whether the object still wants reconciling, and when again."""
+
+    gone: bool = False
+    requeue_after: float | None = None  # seconds until a time-based change (progress deadline)
+    status_written: bool = False
+
+
+def utcnow() -> datetime:
+    # Whole seconds, as metav1.Time: a value read back then compares equal to the one written.
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def previous_status(obj: Mapping[str, Any]) -> AppReleaseStatus | None:
+    raw = obj.get("status")
+    if not raw:
+        return None
+    try:
+        return AppReleaseStatus.model_validate(raw)
+    except ValidationError as exc:
+        # Someone wrote a status the model cannot read: it is rebuilt from scratch.
+        log.warning("ignoring unreadable status of %s: %s", obj["metadata"]["name"], explain(exc))
+        return None
+
+
+def reconcile_app_release(
+    api: KubeApi, namespace: str, name: str, now: datetime, post: EventSink
+) -> Outcome:
+    obj = api.get_app_release(namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return Outcome(gone=True)  # the deletion handler takes over
+    generation = int(obj["metadata"].get("generation") or 1)
+    previous = previous_status(obj)
+    try:
+        app = AppRelease.model_validate(obj)
+    except ValidationError as exc:
+        # Terminal for this generation: reported, not retried; the next spec edit brings a new try.
+        new = status.invalid_spec_status(previous, generation, f"spec is invalid: {explain(exc)}", now)
+        for event in status.invalid_spec_events(previous, new):
+            post(obj, event)
+        return Outcome(status_written=_write_status(api, obj, previous, new))
+
+    spec = app.spec
+    nodes = api.list_node_names(spec.hosts.node_selector)
+    desired = {node: resolve.host_release_spec(name, node, spec).wire() for node in nodes}
+    before = [host_view(o) for o in api.list_host_releases(namespace, name)]
+    step = plan.next_step(desired, before, spec.strategy.max_unavailable, spec.paused)
+    released = _release_orphans(api, namespace, before)
+    _apply(api, obj, step, desired)
+    after = before if step.empty and not released else [host_view(o) for o in api.list_host_releases(namespace, name)]
+
+    rollout = status.Rollout(
+        generation=generation,
+        version=spec.version,
+        revision=identity.revision(spec),
+        build_id=identity.build_id(spec),
+        desired=desired,
+        hosts=after,
+        paused=spec.paused,
+        progress_deadline_seconds=spec.strategy.progress_deadline_seconds,
+        revision_history_limit=spec.revision_history_limit,
+    )
+    new = status.compute_status(rollout, previous, now)
+    for event in status.rollout_events(previous, new, rollout, step, before, spec.strategy.max_unavailable):
+        post(obj, event)
+    written = _write_status(api, obj, previous, new)
+    return Outcome(requeue_after=status.deadline_in(rollout, new, now), status_written=written)
+
+
+def finalize_app_release(api: KubeApi, namespace: str, name: str) -> list[str]:
+    """Delete the app's HostReleases; return the names still present (their agents are cleaning up).
+
+    HostReleases of Nodes that no longer exist lose the agent's finalizer here: no agent
+    will ever report on them.
+    """
+    hosts = [host_view(o) for o in api.list_host_releases(namespace, name)]
+    for host in hosts:
+        if not host.deleting:
+            log.info("deleting HostRelease %s/%s", namespace, host.name)
+            api.delete_host_release(namespace, host.name)
+    hosts = [host_view(o) for o in api.list_host_releases(namespace, name)]
+    if _release_orphans(api, namespace, hosts):
+        hosts = [host_view(o) for o in api.list_host_releases(namespace, name)]
+    return sorted(h.name for h in hosts)
+
+
+def _apply(api: KubeApi, obj: Mapping[str, Any], step: plan.Step, desired: Mapping[str, plan.WireSpec]) -> None:
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    for host_name in step.deletes:
+        log.info("deleting HostRelease %s/%s: its node is no longer selected", namespace, host_name)
+        api.delete_host_release(namespace, host_name)
+    for node in step.updates:
+        host_name = resolve.host_release_name(name, node)
+        log.info("updating HostRelease %s/%s to revision %s", namespace, host_name, desired[node]["revision"])
+        api.replace_host_release_spec(namespace, host_name, desired[node])
+    for node in step.creates:
+        host_name = resolve.host_release_name(name, node)
+        log.info("creating HostRelease %s/%s at revision %s", namespace, host_name, desired[node]["revision"])
+        manifest = host_release_manifest(name, namespace, meta["uid"], node, host_name, desired[node])
+        try:
+            api.create_host_release(manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # A HostRelease of that name exists without our labels (not listed as ours): leave
+            # it alone and say so; it is not ours to overwrite.
+            log.warning("HostRelease %s/%s exists but is not labelled for %s; not touching it",
+                        namespace, host_name, name)
+
+
+def _release_orphans(api: KubeApi, namespace: str, hosts: list[plan.HostView]) -> tuple[str, ...]:
+    candidates = [h.node for h in hosts if h.deleting and plan.AGENT_FINALIZER in h.finalizers]
+    if not candidates:
+        return ()
+    names = plan.finalizers_to_release(hosts, api.existing_nodes(candidates))
+    by_name = {h.name: h for h in hosts}
+    for host_name in names:
+        log.info("removing %s from HostRelease %s/%s: its node no longer exists",
+                 plan.AGENT_FINALIZER, namespace, host_name)
+        api.remove_finalizer(namespace, host_name, by_name[host_name].finalizers, plan.AGENT_FINALIZER)
+    return names
+
+
+def _write_status(
+    api: KubeApi, obj: Mapping[str, Any], previous: AppReleaseStatus | None, new: AppReleaseStatus
+) -> bool:
+    """Patch the status subresource, only when it changed."""
+    new_wire = new.wire()
+    if previous is not None and previous.wire() == new_wire:
+        return False
+    meta = obj["metadata"]
+    api.patch_app_release_status(meta["namespace"], meta["name"], status_patch(new_wire, obj.get("status")))
+    return True

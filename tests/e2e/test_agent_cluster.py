@@ -1,0 +1,333 @@
+"""The agent in the cluster: a real kube-apiserver, a real `apprelease agent run` subprocess
+with its own root, circusd and nginx on loopback; HostReleases created as the operator would.
+
+Covers: a HostRelease of the agent's node is reconciled (finalizer, status Ready with
+observedGeneration and a Ready condition, an Event, served through nginx) while one
+labelled for another node is never touched; a spec update moves the host to v2 (history
+shows the switch); drift (deleted nginx site, removed watcher, removed `current` link) is
+repaired by resync without a build; a missing TLS Secret is a Failed status that clears
+once the Secret exists; deletion stops the app and removes the finalizer; a HostRelease
+deleted while the agent was stopped is cleaned at its next start, and so is an app no
+HostRelease names any more; SIGTERM exits 0 and the apps keep serving; kill -9 mid-rotation
+and a restart converge; an apiserver outage leaves the app serving, the agent not ready,
+and after it the agent reconnects and applies a change made after the restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apprelease.agent import core
+from apprelease.agent.kube import FINALIZER
+from apprelease.agent.layout import app_key, watcher_name
+from apprelease.api import models
+from apprelease.api.models import HostRelease
+from support.agents import AgentProcess
+from support.cluster import wait_for, wait_for_crd
+from support.hosts import SERVER_NAME, make_host, release_for
+from support.manifests import ROOT
+from support.nginx import free_port, http_get, self_signed_cert
+
+pytestmark = pytest.mark.e2e
+
+NODE = "node-a"
+OTHER_NODE = "node-b"
+CONVERGE = 180.0  # a first venv build on a cold cache plus a health check
+
+
+@pytest.fixture(scope="module")
+def cluster(control_plane):
+    control_plane.kubectl("apply", "-f", str(ROOT / "crds"))
+    for plural in ("appreleases", "hostreleases"):
+        wait_for_crd(control_plane, f"{plural}.{models.GROUP}")
+    return control_plane
+
+
+@pytest.fixture(scope="module")
+def agent(cluster, tmp_path_factory) -> Iterator[AgentProcess]:
+    """One agent (one host) for the module; tests that stop or kill it start it again."""
+    short = Path(tempfile.mkdtemp(prefix="ar-", dir="/tmp"))
+    short.chmod(0o755)  # app users traverse it to reach their venv and socket
+    logs = tmp_path_factory.mktemp("agent-logs")
+    process = AgentProcess(node=NODE, root=short / "host-a", kubeconfig=cluster.kubeconfig_path,
+                           log_path=logs / f"{NODE}.log", resync_seconds=2.0)
+    try:
+        yield process.start()
+    finally:
+        try:
+            process.close()
+        finally:
+            shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.fixture
+def live_agent(agent) -> AgentProcess:
+    """The module's agent, running (a previous test may have left it stopped by failing)."""
+    if not agent.running:
+        agent.start()
+    return agent
+
+
+@pytest.fixture
+def host(agent) -> core.Host:
+    """A view of the agent's host for assertions (its daemons are the agent's)."""
+    return make_host(agent.root)
+
+
+@pytest.fixture
+def namespace(cluster) -> Iterator[str]:
+    name = f"ag-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def apply(cluster, release: HostRelease) -> None:
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(release.wire()))
+
+
+def get(cluster, namespace: str, name: str) -> dict | None:
+    got = cluster.kubectl("get", "hostrelease", name, "-n", namespace, "-o", "json", check=False)
+    if got.returncode != 0:
+        assert "NotFound" in got.stderr, got.stderr
+        return None
+    return json.loads(got.stdout)
+
+
+def wait_status(cluster, agent: AgentProcess, namespace: str, name: str, *, phase: str = "Ready",
+                version: str | None = None, timeout: float = CONVERGE) -> dict:
+    """Wait until the status describes the current generation with `phase` (and serves `version`)."""
+    seen: dict = {}
+
+    def done() -> dict | None:
+        obj = get(cluster, namespace, name)
+        seen["obj"] = obj
+        status = (obj or {}).get("status") or {}
+        if (obj and status.get("observedGeneration") == obj["metadata"]["generation"] and status.get("phase") == phase
+                and (version is None or status.get("servingVersion") == version)):
+            return obj
+        return None
+
+    return wait_for(done, timeout, lambda: f"{namespace}/{name} not {phase} {version or ''}: "
+                    f"{json.dumps((seen.get('obj') or {}).get('status'), indent=1)}\nagent log:\n{agent.log_tail()}")
+
+
+def served_version(port: int, tls: bool = False) -> str:
+    resp = http_get(port, "/version", SERVER_NAME, tls=tls)
+    assert resp.status == 200, resp
+    return resp.json()["version"]
+
+
+def deploy(cluster, agent, index, namespace: str, version: str, port: int, name: str = "webxample",
+           **options: object) -> tuple[HostRelease, dict]:
+    release = release_for(index.url, version, port=port, node=NODE, name=name, namespace=namespace, **options)
+    apply(cluster, release)
+    return release, wait_status(cluster, agent, namespace, release.metadata.name, version=version)
+
+
+def events(cluster, namespace: str, name: str) -> list[dict]:
+    out = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}",
+                          "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
+def app_is_gone(host: core.Host, key: str) -> bool:
+    return (not core.app_watchers(host.supervisor, key) and host.nginx.current_site(key) is None
+            and not host.layout.app(key).base.exists())
+
+
+# -- tests -----------------------------------------------------------------------------
+
+
+def test_reconciles_its_node_and_ignores_others(cluster, live_agent, host, package_index, namespace):
+    port = free_port()
+    other = release_for(package_index.url, "1.0.0", port=free_port(), node=OTHER_NODE, name="other",
+                        namespace=namespace)
+    apply(cluster, other)
+    release, obj = deploy(cluster, live_agent, package_index, namespace, "1.0.0", port)
+
+    status = obj["status"]
+    assert FINALIZER in obj["metadata"]["finalizers"]
+    assert status["servingRevision"] == release.spec.revision and status["servingVersion"] == "1.0.0"
+    (ready,) = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "True" and ready["observedGeneration"] == obj["metadata"]["generation"]
+    assert served_version(port) == "1.0.0"
+    wait_for(lambda: any(e["reason"] == "Reconciled" for e in events(cluster, namespace, release.metadata.name)),
+             30, "no Reconciled event")
+
+    # Settled: resyncs (every 2 s) neither write status again nor touch the other node's object.
+    version = obj["metadata"]["resourceVersion"]
+    time.sleep(5)
+    again = get(cluster, namespace, release.metadata.name)
+    assert again["metadata"]["resourceVersion"] == version, "status rewritten without a change"
+    untouched = get(cluster, namespace, other.metadata.name)
+    assert "status" not in untouched and not untouched["metadata"].get("finalizers")
+    assert host.nginx.current_site(app_key(namespace, "other")) is None
+
+
+def test_spec_update_moves_to_v2(cluster, live_agent, package_index, namespace):
+    port = free_port()
+    first, _ = deploy(cluster, live_agent, package_index, namespace, "1.0.0", port)
+    second, obj = deploy(cluster, live_agent, package_index, namespace, "2.0.0", port)
+    status = obj["status"]
+    assert obj["metadata"]["generation"] == 2 and status["observedGeneration"] == 2
+    assert [h["revision"] for h in status["history"]][-2:] == [first.spec.revision, second.spec.revision]
+    assert status["servingRevision"] == second.spec.revision
+    assert served_version(port) == "2.0.0"
+
+
+def test_drift_is_repaired_by_resync_without_a_build(cluster, live_agent, host, package_index, namespace):
+    port = free_port()
+    release, obj = deploy(cluster, live_agent, package_index, namespace, "1.0.0", port)
+    key = app_key(namespace, release.spec.app)
+    paths = host.layout.app(key)
+    package_index.index.clear_requests()
+    offset = len(live_agent.log_text())
+
+    drifts = {
+        "nginx site deleted": lambda: host.layout.nginx_site(key).unlink(),
+        "watcher removed": lambda: host.supervisor.remove(watcher_name(key, release.spec.revision)),
+        "current link removed": lambda: paths.current.unlink(),
+    }
+    for what, drift in drifts.items():
+        drift()
+
+        def repaired() -> bool:
+            try:
+                return (host.nginx.current_site(key) is not None and paths.current.is_symlink()
+                        and core.app_watchers(host.supervisor, key) == {release.spec.revision: "running"}
+                        and served_version(port) == "1.0.0")
+            except (OSError, AssertionError):
+                return False  # 502 while the watcher is being started again
+
+        wait_for(repaired, 60, lambda: f"{what}: not repaired\n{live_agent.log_tail()}")
+
+    assert package_index.index.requests == [], "resync reached for the package index: it rebuilt"
+    assert live_agent.log_matches(r"ensure-release", since=offset), "the watcher was never restarted?"
+    status = get(cluster, namespace, release.metadata.name)["status"]
+    assert status["phase"] == "Ready" and status["lastBuild"]["reused"] is True
+    assert status["servingRevision"] == release.spec.revision
+
+
+def test_missing_tls_secret_fails_until_it_exists(cluster, live_agent, package_index, namespace, tmp_path):
+    port = free_port()
+    deploy(cluster, live_agent, package_index, namespace, "1.0.0", port)
+    with_tls = release_for(package_index.url, "1.0.0", port=port, node=NODE, namespace=namespace,
+                           tls={"secretName": "webxample-tls"})
+    apply(cluster, with_tls)
+    obj = wait_status(cluster, live_agent, namespace, with_tls.metadata.name, phase="Failed")
+    assert obj["status"]["message"] == f"TLS Secret {namespace}/webxample-tls not found"
+    assert served_version(port) == "1.0.0"  # the previous site still serves
+
+    cert, key = self_signed_cert(tmp_path, SERVER_NAME)
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+              "metadata": {"name": "webxample-tls", "namespace": namespace},
+              "data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(secret))
+    obj = wait_status(cluster, live_agent, namespace, with_tls.metadata.name, timeout=60)
+    assert served_version(port, tls=True) == "1.0.0"
+    assert "BEGIN" not in json.dumps(obj["status"])  # no key material in status
+
+
+def test_deletion_stops_the_app_and_releases_the_finalizer(cluster, live_agent, host, package_index, namespace):
+    port = free_port()
+    release, _ = deploy(cluster, live_agent, package_index, namespace, "1.0.0", port)
+    key = app_key(namespace, release.spec.app)
+    cluster.kubectl("delete", "hostrelease", release.metadata.name, "-n", namespace, "--wait=false")
+    wait_for(lambda: get(cluster, namespace, release.metadata.name) is None, 60,
+             lambda: f"HostRelease not gone\n{live_agent.log_tail()}")
+    assert app_is_gone(host, key)
+    assert any(e["reason"] == "Removed" for e in events(cluster, namespace, release.metadata.name))
+
+
+def test_changes_while_the_agent_is_stopped_are_cleaned_at_start(cluster, live_agent, host, package_index, namespace):
+    port_a, port_b = free_port(), free_port()
+    deleted, _ = deploy(cluster, live_agent, package_index, namespace, "1.0.0", port_a, name="deleted")
+    orphan, _ = deploy(cluster, live_agent, package_index, namespace, "1.0.0", port_b, name="orphan")
+
+    assert live_agent.stop() == 0  # SIGTERM: a clean exit
+    assert served_version(port_a) == "1.0.0"  # apps belong to the host's supervisor, not the agent
+    cluster.kubectl("delete", "hostrelease", deleted.metadata.name, "-n", namespace, "--wait=false")
+    assert get(cluster, namespace, deleted.metadata.name)["metadata"]["deletionTimestamp"]  # the finalizer holds it
+    # An object gone without the agent's cleanup (its finalizer removed by hand): only the host knows the app.
+    cluster.kubectl("patch", "hostrelease", orphan.metadata.name, "-n", namespace, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}')
+    cluster.kubectl("delete", "hostrelease", orphan.metadata.name, "-n", namespace)
+
+    live_agent.start()
+    wait_for(lambda: get(cluster, namespace, deleted.metadata.name) is None, 60,
+             lambda: f"deleted HostRelease still there\n{live_agent.log_tail()}")
+    for release in (deleted, orphan):
+        key = app_key(namespace, release.spec.app)
+        wait_for(lambda: app_is_gone(host, key), 60, lambda: f"{key} still on the host\n{live_agent.log_tail()}")
+
+
+def test_kill_9_mid_rotation_then_restart_converges(cluster, live_agent, host, package_index, namespace):
+    port = free_port()
+    deploy(cluster, live_agent, package_index, namespace, "1.0.0", port)
+    v2 = release_for(package_index.url, "2.0.0", port=port, node=NODE, namespace=namespace)
+    offset = len(live_agent.log_text())
+    apply(cluster, v2)
+    wait_for(lambda: live_agent.log_matches(rf"start-watcher\({v2.spec.revision}\)", since=offset), 120,
+             lambda: f"rotation to v2 never started\n{live_agent.log_tail()}", interval=0.05)
+    live_agent.kill()
+    assert served_version(port) in ("1.0.0", "2.0.0")  # serving throughout
+
+    live_agent.start()
+    obj = wait_status(cluster, live_agent, namespace, v2.metadata.name, version="2.0.0")
+    assert obj["status"]["servingRevision"] == v2.spec.revision
+    assert served_version(port) == "2.0.0"
+    key = app_key(namespace, v2.spec.app)
+    wait_for(lambda: core.app_watchers(host.supervisor, key) == {v2.spec.revision: "running"}, 30,
+             lambda: f"old watcher left: {core.app_watchers(host.supervisor, key)}")
+
+
+def test_apiserver_outage_keeps_serving_and_the_agent_reconnects(cluster, live_agent, package_index, namespace):
+    port = free_port()
+    deploy(cluster, live_agent, package_index, namespace, "1.0.0", port)
+    pid = live_agent.pid
+    wait_for(lambda: live_agent.probe("/readyz") == 200, 30, "agent not ready before the outage")
+
+    results: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                results.append(served_version(port))
+            except (OSError, AssertionError) as exc:
+                results.append(f"error: {exc}")
+            time.sleep(0.05)
+
+    loader = threading.Thread(target=load)
+    cluster.stop_apiserver()
+    try:
+        loader.start()
+        wait_for(lambda: live_agent.probe("/readyz") == 503, 30, "agent still ready without an apiserver")
+        assert live_agent.probe("/healthz") == 200  # alive: not a reason to restart it
+        time.sleep(8)
+    finally:
+        stop.set()
+        if loader.is_alive():
+            loader.join()
+        cluster.start_apiserver()
+    assert results and set(results) == {"1.0.0"}, [r for r in results if r != "1.0.0"][:5]
+
+    wait_for(lambda: live_agent.probe("/readyz") == 200, 60, lambda: f"agent did not reconnect\n{live_agent.log_tail()}")
+    deploy(cluster, live_agent, package_index, namespace, "2.0.0", port)
+    assert served_version(port) == "2.0.0"
+    assert live_agent.pid == pid and live_agent.running  # the same process rode it out
