@@ -99,7 +99,7 @@ def wrk_result(proc: subprocess.Popen[str]) -> dict[str, float]:
 
 
 def switch_latency_and_rollback(host, index, port: int, rotations: int) -> None:
-    latencies, walls, breakdown = [], [], {}
+    latencies, walls, serving_after, breakdown = [], [], [], {}
     for i in range(rotations):
         target = VERSIONS[(i + 1) % 2]
         with Poller(port) as poller:
@@ -113,14 +113,17 @@ def switch_latency_and_rollback(host, index, port: int, rotations: int) -> None:
         switched_at = switch.started + switch.seconds
         first_new = next(t for t, v in poller.seen if v == target and t >= switch.started)
         latencies.append(max(0.0, first_new - switched_at))
+        serving_after.append(first_new - started)
         for step in result.steps:
             breakdown.setdefault(step.action.split("(")[0], []).append(step.seconds)
     latencies_ms = [x * 1000 for x in latencies]
     print(f"switch latency (rename -> first new response via nginx), {rotations} rotations: "
           f"p50 {pct(latencies_ms, .5):.1f} ms, p99 {pct(latencies_ms, .99):.1f} ms (target <= 100 ms p99)")
-    rollback = walls[1:]  # from the 2nd on, every target release is on disk
-    print(f"rollback to a retained release (reconcile wall, app boot + health gate included): "
-          f"p50 {pct(rollback, .5) * 1000:.0f} ms, p99 {pct(rollback, .99) * 1000:.0f} ms (target <= 1000 ms)")
+    rollback, serving = walls[1:], serving_after[1:]  # from the 2nd on, every target release is on disk
+    print(f"rollback to a retained release, until it serves (app boot + health gate included): "
+          f"p50 {pct(serving, .5) * 1000:.0f} ms, p99 {pct(serving, .99) * 1000:.0f} ms (target <= 1000 ms)")
+    print(f"  ... until the reconcile is done (old revision drained and stopped too): "
+          f"p50 {pct(rollback, .5) * 1000:.0f} ms, p99 {pct(rollback, .99) * 1000:.0f} ms")
     print("  steps p50: " + ", ".join(f"{k} {statistics.median(v) * 1000:.0f} ms" for k, v in breakdown.items()))
 
 

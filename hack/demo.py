@@ -65,7 +65,7 @@ def start_index() -> None:
         return
     log = (STATE / "index.log").open("w")
     proc = subprocess.Popen(
-        [str(PYTHON), str(REPO / "tests" / "support" / "pypi.py"), "--dir", str(STATE / "wheels"),
+        [str(PYTHON), "-P", str(REPO / "tests" / "support" / "pypi.py"), "--dir", str(STATE / "wheels"),
          "--port", str(INDEX_PORT)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
     )

@@ -6,7 +6,8 @@ load (keep-alive and fresh connections, GET, POST with a body, 2-second requests
 finish on the old revision); a failing revision leaves the old one serving and reports
 Failed with the app's log tail, and is not retried in a loop; rollback to a retained
 release performs no build; a proxy-only change re-renders nginx without new workers;
-kill -9 of the gunicorn master; a crash between any two rotation steps converges; GC keeps
+kill -9 of the gunicorn master; a crash between any two rotation steps converges (simulated at
+each step, and a real kill -9 of the agent process); GC keeps
 exactly revisionHistoryLimit releases besides the serving one; the CLI.
 """
 
@@ -122,7 +123,8 @@ def test_failed_health_check_keeps_old_revision_serving(host, package_index, por
     # no restart loop: the same failed spec is not started again
     again = deploy(host, package_index, "3.0.0", port, fail_health=True, health_timeout=4)
     assert again.plan.kinds() == [plan.REPORT_FAILED] and again.status.phase == "Failed"
-    assert not any(w.endswith(bad.status.history[-1].revision) and False for w in host.supervisor.watchers())
+    failed_revision = release_for(package_index.url, "3.0.0", port=port, fail_health=True, health_timeout=4).spec.revision
+    assert failed_revision not in core.app_watchers(host.supervisor, KEY)
 
 
 def test_rollback_to_retained_release_builds_nothing(host, package_index, port):
@@ -224,5 +226,37 @@ def test_cli_reconcile_and_status(short_tmp, package_index, port):
         status = subprocess.run([*cli, "agent", "status", *base, "-o", "json"], capture_output=True, text=True)
         (app,) = json.loads(status.stdout)
         assert app["app"] == KEY and app["nginxSite"] and len(app["running"]) == 1
+    finally:
+        subprocess.run([*cli, "agent", "stop", *base], capture_output=True, timeout=120)
+
+
+def test_kill_9_of_agent_process_mid_rotation_converges(short_tmp, package_index):
+    """A real crash: the CLI agent is SIGKILLed once the new watcher exists, before the switch."""
+    root, port = short_tmp / "host-k", free_port()
+    cli = [sys.executable, "-m", "apprelease.cli"]
+    base = ["--root", str(root), "--listen-address", "127.0.0.1"]
+    manifests = {}
+    for version in ("1.0.0", "2.0.0"):
+        manifests[version] = short_tmp / f"hr-{version}.yaml"
+        manifests[version].write_text(yaml.safe_dump(release_for(package_index.url, version, port=port).wire()))
+    host = make_host(root)
+    try:
+        subprocess.run([*cli, "agent", "reconcile", "-f", str(manifests["1.0.0"]), *base], check=True,
+                       capture_output=True, timeout=300)
+        agent = subprocess.Popen([*cli, "agent", "reconcile", "-f", str(manifests["2.0.0"]), *base],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while len(core.app_watchers(host.supervisor, KEY)) < 2 and agent.poll() is None:
+            assert time.monotonic() < deadline, "the new watcher never appeared"
+            time.sleep(0.05)
+        agent.kill()
+        agent.wait()
+        assert served_version(port) == "1.0.0"  # the old revision still serves
+        out = subprocess.run([*cli, "agent", "reconcile", "-f", str(manifests["2.0.0"]), *base, "-o", "json"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["status"]["phase"] == "Ready"
+        assert served_version(port) == "2.0.0"
+        assert len(core.app_watchers(host.supervisor, KEY)) == 1
     finally:
         subprocess.run([*cli, "agent", "stop", *base], capture_output=True, timeout=120)

@@ -159,7 +159,7 @@ class LoadProcess:
     """Runs load.py as a child process; `finish()` stops it and returns its tally."""
 
     def __init__(self, port: int, *, host_header: str, expect: list[str], address: str = "127.0.0.1", **options):
-        argv = [sys.executable, str(Path(__file__).resolve()), "--address", address, "--port", str(port),
+        argv = [sys.executable, "-P", str(Path(__file__).resolve()), "--address", address, "--port", str(port),
                 "--host-header", host_header]
         for version in expect:
             argv += ["--expect", version]
