@@ -4,6 +4,7 @@
     apprelease validate -f FILE                 validate AppRelease/HostRelease manifests
     apprelease agent reconcile -f FILE --root DIR
     apprelease agent status --root DIR
+    apprelease operator [--kubeconfig K] [--namespace NS | --all-namespaces]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from .agent import cli as agent_cli
 from .api import crdgen
+from .controller import cli as controller_cli
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_validate)
 
     agent_cli.register(sub)
+    controller_cli.register(sub)
     return parser
 
 

@@ -18,7 +18,14 @@ from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjects
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from ..api.models import APP_LABEL, API_VERSION, GROUP, NODE_LABEL, VERSION, HostReleaseSpec
+from ..api.models import (
+    API_VERSION,
+    APP_LABEL,
+    GROUP,
+    NODE_LABEL,
+    VERSION,
+    HostReleaseSpec,
+)
 from .plan import HostView, WireSpec
 
 APP_PLURAL = "appreleases"

@@ -116,7 +116,9 @@ def next_step(
     """The creates, updates and deletes that move the hosts towards `desired` (node -> spec)."""
     by_node = {h.node: h for h in existing if not h.deleting}
     deletes = tuple(sorted(h.name for h in existing if not h.deleting and h.node not in desired))
-    creates = () if paused else tuple(sorted(n for n in desired if n not in by_node))
+    # A node whose old HostRelease is still being deleted waits: the new one would have its name.
+    present = {h.node for h in existing}
+    creates = () if paused else tuple(sorted(n for n in desired if n not in present))
 
     selected = [by_node[n] for n in sorted(by_node) if n in desired]
     halted_by = tuple(h.node for h in selected if h.failed and h.updated(desired[h.node]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -42,7 +42,7 @@ class Outcome:
 
 def utcnow() -> datetime:
     # Whole seconds, as metav1.Time: a value read back then compares equal to the one written.
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def previous_status(obj: Mapping[str, Any]) -> AppReleaseStatus | None:

@@ -15,7 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..api.models import AppReleaseStatus, Condition, ConditionStatus, HostState, RetainedRelease
+from ..api.models import (
+    AppReleaseStatus,
+    Condition,
+    ConditionStatus,
+    HostState,
+    RetainedRelease,
+)
 from .plan import HostView, Step, WireSpec
 
 AVAILABLE = "Available"
@@ -234,9 +240,9 @@ def _progressing(rollout: Rollout, last_progress: datetime, now: datetime) -> tu
     if rollout.paused:
         return "Unknown", ROLLOUT_PAUSED, f"rollout of {release} paused with {updated}/{desired} hosts updated"
     if now - last_progress >= timedelta(seconds=rollout.progress_deadline_seconds):
-        return ("False", PROGRESS_DEADLINE_EXCEEDED,
-                f"no host settled on {release} for {rollout.progress_deadline_seconds}s "
-                f"({updated}/{desired} updated, {ready} ready)")
+        stuck = (f"no host settled on {release} for {rollout.progress_deadline_seconds}s "
+                 f"({updated}/{desired} updated, {ready} ready)")
+        return "False", PROGRESS_DEADLINE_EXCEEDED, stuck
     return "True", ROLLOUT_IN_PROGRESS, f"rolling out {release}: {updated}/{desired} updated, {ready} ready"
 
 
