@@ -10,7 +10,8 @@ once the Secret exists; deletion stops the app and removes the finalizer; a Host
 deleted while the agent was stopped is cleaned at its next start, and so is an app no
 HostRelease names any more; SIGTERM exits 0 and the apps keep serving; kill -9 mid-rotation
 and a restart converge; an apiserver outage leaves the app serving, the agent not ready,
-and after it the agent reconnects and applies a change made after the restart.
+and after it the agent reconnects and applies a change made after the restart; a watch
+from an expired resourceVersion raises `Gone` (the agent lists again).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apprelease.agent import core
+from apprelease.agent import core, kube
 from apprelease.agent.kube import FINALIZER
 from apprelease.agent.layout import app_key, watcher_name
 from apprelease.api import models
@@ -66,9 +67,16 @@ def agent(cluster, tmp_path_factory) -> Iterator[AgentProcess]:
         yield process.start()
     finally:
         try:
-            process.close()
+            if process.running:
+                # The agent releases its finalizers in the namespaces the tests deleted, so
+                # none stays Terminating in the session's control plane.
+                wait_for(lambda: not host_releases_of(cluster, NODE), 120,
+                         lambda: f"HostReleases of {NODE} left: {host_releases_of(cluster, NODE)}")
         finally:
-            shutil.rmtree(short, ignore_errors=True)
+            try:
+                process.close()
+            finally:
+                shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture
@@ -90,6 +98,8 @@ def namespace(cluster) -> Iterator[str]:
     name = f"ag-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     yield name
+    # HostReleases first: the namespace controller may take a while after an apiserver restart.
+    cluster.kubectl("delete", "hostreleases", "--all", "-n", name, "--wait=false")
     cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
@@ -98,6 +108,11 @@ def namespace(cluster) -> Iterator[str]:
 
 def apply(cluster, release: HostRelease) -> None:
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(release.wire()))
+
+
+def host_releases_of(cluster, node: str) -> list[str]:
+    out = cluster.kubectl("get", "hostreleases", "-A", "-l", kube.node_selector(node), "-o", "name").stdout
+    return out.split()
 
 
 def get(cluster, namespace: str, name: str) -> dict | None:
@@ -331,3 +346,14 @@ def test_apiserver_outage_keeps_serving_and_the_agent_reconnects(cluster, live_a
     deploy(cluster, live_agent, package_index, namespace, "2.0.0", port)
     assert served_version(port) == "2.0.0"
     assert live_agent.pid == pid and live_agent.running  # the same process rode it out
+
+
+def test_watch_from_an_expired_resource_version_asks_for_a_list(cluster, namespace, package_index):
+    """The plumbing the agent's re-list rests on: an expired resourceVersion is `Gone`, not a retry loop."""
+    api = kube.HostReleaseAPI(kube.load_configuration(str(cluster.kubeconfig_path)))
+    apply(cluster, release_for(package_index.url, "1.0.0", port=free_port(), node="node-gone", namespace=namespace))
+    listed = api.list(kube.node_selector("node-gone"))
+    assert [o["metadata"]["namespace"] for o in listed.items] == [namespace]
+    with pytest.raises(kube.Gone):
+        for _ in api.watch(kube.node_selector("node-gone"), "1", timeout_seconds=5):
+            pass

@@ -40,6 +40,9 @@ class AgentProcess:
     log_path: Path
     resync_seconds: float = 2.0
     supervisor: str = "circus"
+    # Where this host's nginx listens. Hosts of one test that serve the same app (the same
+    # listenPort) need addresses of their own: any of 127.0.0.0/8 works on Linux.
+    listen_address: str = "127.0.0.1"
     extra_args: Sequence[str] = ()
     health_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -47,7 +50,7 @@ class AgentProcess:
     @property
     def host_args(self) -> list[str]:
         """The host options `apprelease agent run|stop|status` share."""
-        return ["--root", str(self.root), "--supervisor", self.supervisor, "--listen-address", "127.0.0.1"]
+        return ["--root", str(self.root), "--supervisor", self.supervisor, "--listen-address", self.listen_address]
 
     def argv(self) -> list[str]:
         return [

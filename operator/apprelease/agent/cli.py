@@ -173,10 +173,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line)
 
 
+def configure_logging(log_json: bool) -> None:
+    """INFO to stderr, plain or JSON lines. force=True: importing circus already called
+    logging.basicConfig(), which would make a second plain call a no-op (WARNING and up only)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_json else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.log_json:
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
+    configure_logging(args.log_json)
     if not args.node:
         print("error: --node (or NODE_NAME) is required", file=sys.stderr)
         return 2

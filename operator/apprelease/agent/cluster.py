@@ -140,7 +140,8 @@ class ClusterAgent:
         self._watch_api = api_factory()  # each thread its own client: separate connection pools
         self._work_api = api_factory()
         self._failures: dict[str, Backoff] = {}
-        self._written: dict[str, dict] = {}  # key -> last status written (the cache may lag behind)
+        # key -> (uid, status wire) last written: the cache may not have seen our own write yet.
+        self._written: dict[str, tuple[str | None, dict]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -161,7 +162,6 @@ class ClusterAgent:
             log.info("stopping: finishing the current reconcile")
             self.queue.shut_down()
             worker.join()
-            self.health.worker_alive = False
         log.info("stopped")
 
     def resync(self) -> None:
@@ -227,11 +227,14 @@ class ClusterAgent:
     # -- worker ------------------------------------------------------------------------
 
     def _work_loop(self) -> None:
-        while (key := self.queue.get()) is not None:
-            try:
-                self._process(key)
-            finally:
-                self.queue.done(key)
+        try:
+            while (key := self.queue.get()) is not None:
+                try:
+                    self._process(key)
+                finally:
+                    self.queue.done(key)
+        finally:
+            self.health.worker_alive = False  # /healthz fails: the pod gets restarted
 
     def _process(self, key: str) -> None:
         try:
@@ -265,7 +268,7 @@ class ClusterAgent:
             self._finalize(key, obj)
             return
         obj = self._ensure_finalizer(obj)
-        previous = sync.parse_status(obj)
+        previous, _ = self._stored_status(key, obj)
         generation = obj["metadata"].get("generation")
         try:
             release = HostRelease.model_validate(obj)
@@ -277,10 +280,10 @@ class ClusterAgent:
             message = f"spec.node is {release.spec.node!r} but the object is labelled for node {self.settings.node!r}"
             self._write_status(key, obj, sync.failed_status(previous, generation, message))
             return
-        if sync.is_new_generation(obj):
+        if sync.is_new_generation(previous, generation):
             pending = sync.pending_status(previous, generation, f"moving to {release.spec.version} ({release.spec.revision})")
-            obj = self._write_status(key, obj, pending) or obj
-            previous = sync.parse_status(obj)
+            self._write_status(key, obj, pending)
+            previous, _ = self._stored_status(key, obj)
         self._write_status(key, obj, self._reconcile(release, previous))
 
     def _reconcile(self, release: HostRelease, previous: HostReleaseStatus | None) -> HostReleaseStatus:
@@ -289,8 +292,10 @@ class ClusterAgent:
             result = core.reconcile(self.host, release, self._tls_source)
         except core.StepFailed as exc:  # before any action: the TLS Secret is missing or unusable
             return sync.failed_status(previous, generation, str(exc))
-        log.info("%s/%s: %s -> %s (%s)", release.metadata.namespace, release.metadata.name,
-                 result.plan, result.status.phase, "; ".join(f"{a} {s:.2f}s" for a, s in result.steps) or "no steps")
+        # A converged host plans nothing at every resync: only work is worth an INFO line.
+        log.log(logging.INFO if result.plan else logging.DEBUG, "%s/%s: %s -> %s (%s)",
+                release.metadata.namespace, release.metadata.name,
+                result.plan, result.status.phase, "; ".join(f"{s.action} {s.seconds:.2f}s" for s in result.steps) or "no steps")
         return result.status
 
     def _tls_source(self, namespace: str, name: str) -> tuple[str, str]:
@@ -332,30 +337,33 @@ class ClusterAgent:
         self._written.pop(key, None)
         log.info("%s: finalizer %s removed", key, FINALIZER)
 
-    def _write_status(self, key: str, obj: Obj, status: HostReleaseStatus) -> Obj | None:
-        """Patch the status subresource if `status` says something new; returns the updated object."""
-        stored = sync.parse_status(obj)
-        status = sync.with_ready_condition(status, stored)
+    def _stored_status(self, key: str, obj: Obj) -> tuple[HostReleaseStatus | None, dict]:
+        """The status the server holds: what this agent last wrote for this very object (uid),
+        else what the cache shows."""
         written = self._written.get(key)
-        if sync.same_status(stored, status) or (
-            written is not None and sync.same_status(HostReleaseStatus.model_validate(written), status)
-        ):
-            return None
+        if written and written[0] == obj["metadata"].get("uid"):
+            return HostReleaseStatus.model_validate(written[1]), written[1]
+        return sync.parse_status(obj), obj.get("status") or {}
+
+    def _write_status(self, key: str, obj: Obj, status: HostReleaseStatus) -> None:
+        """Patch the status subresource, if `status` says something new."""
+        stored, stored_wire = self._stored_status(key, obj)
+        status = sync.with_ready_condition(status, stored)
+        if sync.same_status(stored, status):
+            return
         meta = obj["metadata"]
-        old_wire = obj.get("status") or {}
         new_wire = status.wire()
         try:
-            updated = self._work_api.patch_status(meta["namespace"], meta["name"], sync.merge_patch(old_wire, new_wire))
+            updated = self._work_api.patch_status(meta["namespace"], meta["name"], sync.merge_patch(stored_wire, new_wire))
         except Exception as exc:
             if kube.is_transient(exc):
                 raise Retry(f"writing status of {key}") from exc
             raise
-        self._written[key] = new_wire
+        self._written[key] = (meta.get("uid"), new_wire)
         log.info("%s: status %s: %s", key, status.phase, status.message)
         event = sync.event_for(stored, status)
         if event:
             self._event(updated, *event)
-        return updated
 
     def _event(self, obj: Obj, event_type: str, reason: str, message: str) -> None:
         """Events are best effort: a failure is logged and the reconcile goes on."""

@@ -93,11 +93,14 @@ def load_configuration(kubeconfig: str | None) -> client.Configuration:
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path:
         config.load_kube_config(config_file=path, client_configuration=configuration, persist_config=False)
-        return configuration
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except ConfigException:
-        config.load_kube_config(client_configuration=configuration, persist_config=False)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except ConfigException:
+            config.load_kube_config(client_configuration=configuration, persist_config=False)
+    # No retries inside urllib3: the agent backs off itself (and logs once per attempt,
+    # not three warnings per refused connection during an apiserver outage).
+    configuration.retries = False
     return configuration
 
 
@@ -133,11 +136,16 @@ class HostReleaseAPI:
         BOOKMARK events carry only a newer resourceVersion. Raises `Gone` when the version
         is too old, ApiException for other server errors, urllib3/OS errors on lost connections.
         """
-        resp = self.custom.list_cluster_custom_object(
-            GROUP, VERSION, PLURAL, label_selector=label_selector, watch=True,
-            resource_version=resource_version, allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
-            _preload_content=False, _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + READ_TIMEOUT),
-        )
+        try:
+            resp = self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, label_selector=label_selector, watch=True,
+                resource_version=resource_version, allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
+                _preload_content=False, _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + READ_TIMEOUT),
+            )
+        except ApiException as exc:
+            if exc.status == 410:  # expired before the stream began (else it comes as an ERROR event)
+                raise Gone(describe(exc)) from None
+            raise
         try:
             for line in iter_resp_lines(resp):
                 if not line.strip():

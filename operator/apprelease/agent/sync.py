@@ -4,7 +4,7 @@ Called by `agent/cluster.py`, which does the API calls and host work these answe
 for: which status to write (and whether it is worth a write at all), the merge patch that
 turns the stored status into the new one, the finalizer list, the Event to emit, and which
 apps on the host no HostRelease names any more. Objects are the apiserver's JSON dicts;
-statuses are `HostReleaseStatus` models. Unit-tested in tests/unit/test_agent_sync.py.
+statuses are `HostReleaseStatus` models. Unit-tested in tests/unit/test_agent_cluster.py.
 """
 
 from __future__ import annotations
@@ -123,10 +123,9 @@ def pending_status(previous: HostReleaseStatus | None, generation: int | None, m
     })
 
 
-def is_new_generation(obj: Obj) -> bool:
-    """Whether the stored status describes an older spec than the object's (or none)."""
-    observed = (obj.get("status") or {}).get("observedGeneration")
-    return observed != obj["metadata"].get("generation")
+def is_new_generation(stored: HostReleaseStatus | None, generation: int | None) -> bool:
+    """Whether the stored status describes an older spec than the object's (or there is none)."""
+    return stored is None or stored.observed_generation != generation
 
 
 def finalizers_adding(obj: Obj, finalizer: str) -> list[str] | None:
