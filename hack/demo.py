@@ -1,11 +1,15 @@
 """`make demo`: apprelease on this machine, from nothing, with real parts only.
 
-    hack/demo up      control plane, CRDs, package index, the example applied, the story told
+    hack/demo up      control plane, CRDs, index, two hosts, the operator; v1 -> v2 -> back to v1
     hack/demo down    stop everything `up` started (also what Ctrl-C during `up` does)
 
 What runs, all on loopback, all state under `.demo/` (gitignored):
 - etcd + kube-apiserver + kube-controller-manager built from Go modules (hack/controlplane.py);
 - a PEP 503 index on 127.0.0.1:8765 serving webxample's wheels, built here (tests/support/pypi.py);
+- two hosts, `host-a` and `host-b`: Node objects, and one agent each (`apprelease agent run`)
+  with its own root under .demo/hosts/, its own circusd, and its own nginx listening on
+  127.0.0.2 and 127.0.0.3 respectively;
+- the operator (`apprelease operator`);
 - `kubectl` is the one built with the control plane, same version as the server.
 """
 
@@ -28,6 +32,10 @@ STATE = REPO / ".demo"
 INDEX_PORT = int(os.environ.get("APPRELEASE_DEMO_INDEX_PORT", "8765"))
 EXAMPLE = REPO / "manifests" / "examples" / "webxample.yaml"
 PYTHON = REPO / ".venv" / "bin" / "python"
+APPRELEASE = REPO / ".venv" / "bin" / "apprelease"
+HOSTS = {"host-a": "127.0.0.2", "host-b": "127.0.0.3"}
+SERVER_NAME = "webxample.local"
+APP_PORT = 8080
 
 
 def say(message: str) -> None:
@@ -56,6 +64,33 @@ def _pid_alive(pid_file: Path) -> int | None:
         return pid
     except (OSError, ValueError):
         return None
+
+
+def start_process(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """A background process of the demo, in its own session, with a pid file and a log."""
+    pid_file = STATE / f"{name}.pid"
+    if _pid_alive(pid_file):
+        print(f"{name} already running")
+        return
+    (STATE / "logs").mkdir(parents=True, exist_ok=True)
+    log = (STATE / "logs" / f"{name}.log").open("a")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+                            env={**os.environ, **(env or {})})
+    pid_file.write_text(str(proc.pid))
+    print(f"{name}: pid {proc.pid}, log .demo/logs/{name}.log")
+
+
+def stop_process(name: str) -> None:
+    pid_file = STATE / f"{name}.pid"
+    pid = _pid_alive(pid_file)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _pid_alive(pid_file) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _pid_alive(pid_file):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
 
 
 def start_index() -> None:
@@ -95,6 +130,71 @@ def crds_ready(cp: controlplane.ControlPlane) -> bool:
     return names <= established and cp.kubectl("get", "appreleases", "-A", check=False).returncode == 0
 
 
+def get_json(cp: controlplane.ControlPlane, *args: str) -> dict:
+    return json.loads(cp.kubectl("get", *args, "-o", "json").stdout)
+
+
+def curl(address: str, path: str = "/version") -> str:
+    import http.client
+
+    conn = http.client.HTTPConnection(address, APP_PORT, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": SERVER_NAME})
+        resp = conn.getresponse()
+        return f"{resp.status} {resp.read().decode(errors='replace').strip()}"
+    except OSError as exc:
+        return f"error: {exc}"
+    finally:
+        conn.close()
+
+
+def show_curls(path: str = "/version") -> None:
+    for host, address in HOSTS.items():
+        print(f"$ curl -H 'Host: {SERVER_NAME}' http://{address}:{APP_PORT}{path}    # {host}")
+        print(f"  {curl(address, path)}")
+
+
+def progress_line(cp: controlplane.ControlPlane) -> tuple[str, bool]:
+    ar = get_json(cp, "ar", "webxample")
+    hrs = get_json(cp, "hr", "-l", "apprelease.dev/app=webxample")["items"]
+    status = ar.get("status") or {}
+    hosts = "  ".join(
+        f"{h['spec']['node']}: {(h.get('status') or {}).get('servingVersion') or '-'}"
+        f" ({(h.get('status') or {}).get('phase') or 'Pending'}{'' if h['spec']['version'] == (h.get('status') or {}).get('servingVersion') else ' -> ' + h['spec']['version']})"
+        for h in sorted(hrs, key=lambda h: h["spec"]["node"])
+    )
+    conditions = {c["type"]: c for c in status.get("conditions", [])}
+    done = (
+        status.get("observedGeneration") == ar["metadata"]["generation"]
+        and status.get("readyHosts") == status.get("desiredHosts") == len(HOSTS)
+        and conditions.get("Progressing", {}).get("reason") == "RolloutComplete"
+    )
+    line = f"{ar['spec']['version']}  ready {status.get('ready', '0/0')}  |  {hosts}"
+    return line, done
+
+
+def wait_rollout(cp: controlplane.ControlPlane, timeout: float = 300) -> float:
+    """Prints a live progress line until the rollout is complete; returns its duration."""
+    started = time.monotonic()
+    last = ""
+    while True:
+        line, done = progress_line(cp)
+        if line != last:
+            print(f"  [{time.monotonic() - started:5.1f}s] {line}", flush=True)
+            last = line
+        if done:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"demo: rollout not complete after {timeout:.0f}s; see .demo/logs/")
+        time.sleep(0.3)
+
+
+def apply_version(cp: controlplane.ControlPlane, version: str) -> None:
+    text = EXAMPLE.read_text().replace("1.0.0", version)
+    print(f"$ sed 's/1.0.0/{version}/' {EXAMPLE.relative_to(REPO)} | kubectl apply -f -")
+    print(cp.kubectl("apply", "-f", "-", input=text).stdout.rstrip())
+
+
 def up() -> int:
     STATE.mkdir(exist_ok=True)
     cp = controlplane.ControlPlane(controlplane.DEMO_STATE_DIR, durable=True)
@@ -112,24 +212,62 @@ def up() -> int:
     say(f"3. A local package index with webxample's wheels on 127.0.0.1:{INDEX_PORT}")
     start_index()
 
-    say("4. The example AppRelease, applied with kubectl")
-    show(cp, "apply", "--dry-run=server", "-f", str(EXAMPLE))
+    say("4. Two hosts: Node objects, and an agent each with its own root, circusd and nginx")
+    kube_env = {"KUBECONFIG": str(cp.kubeconfig_path)}
+    for host, address in HOSTS.items():
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": host, "labels": {"apprelease.dev/host": "true"}}}
+        cp.kubectl("apply", "-f", "-", input=json.dumps(node))
+        root = STATE / "hosts" / host
+        root.mkdir(parents=True, exist_ok=True)
+        start_process(f"agent-{host}", [str(APPRELEASE), "agent", "run", "--node", host, "--root", str(root),
+                                        "--listen-address", address, "--resync-seconds", "10"], kube_env)
+    show(cp, "get", "nodes", "-L", "apprelease.dev/host")
+
+    say("5. The operator")
+    start_process("operator", [str(APPRELEASE), "operator"], kube_env)
+
+    say("6. webxample 1.0.0, applied with kubectl, rolled onto both hosts")
     show(cp, "apply", "-f", str(EXAMPLE))
+    took = wait_rollout(cp)
+    print(f"served on both hosts {took:.1f}s after the apply (venv builds included)")
+    show(cp, "get", "ar,hr")
+    show_curls()
+    show_curls("/static/hello.txt")
+
+    say("7. webxample 2.0.0: the hosts move one at a time (maxUnavailable: 1), zero downtime")
+    apply_version(cp, "2.0.0")
+    took = wait_rollout(cp)
+    print(f"rollout complete in {took:.1f}s")
+    show_curls()
+
+    say("8. Rollback = revert the manifest: 1.0.0 is still on disk, nothing is rebuilt")
+    apply_version(cp, "1.0.0")
+    took = wait_rollout(cp)
+    print(f"rolled back in {took:.1f}s")
+    for hr in get_json(cp, "hr", "-l", "apprelease.dev/app=webxample")["items"]:
+        build = (hr.get("status") or {}).get("lastBuild") or {}
+        print(f"  {hr['spec']['node']}: buildId {build.get('buildId')} reused={build.get('reused')}")
+    show_curls()
     show(cp, "get", "ar")
-    print("\nAn invalid manifest is refused by the apiserver with the field named:")
-    bad = EXAMPLE.read_text().replace("user: webxample", "user: root")
-    result = cp.kubectl("apply", "--dry-run=server", "-f", "-", input=bad, check=False)
-    print(result.stderr.strip())
 
     say(f"Done in {time.monotonic() - started:.1f}s. Look around:")
     print(f"  export KUBECONFIG={cp.kubeconfig_path} PATH={cp.bin_dir}:$PATH")
-    print("  kubectl get ar,hr -A")
-    print("  kubectl explain apprelease.spec.proxy")
+    print("  kubectl get ar,hr -A;  kubectl describe ar webxample")
+    print(f"  curl -H 'Host: {SERVER_NAME}' http://127.0.0.2:{APP_PORT}/")
+    print("  .demo/logs/ (operator, agents);  .venv/bin/apprelease agent status --root .demo/hosts/host-a")
     print("  make demo-down    # stop everything")
     return 0
 
 
 def down() -> int:
+    stop_process("operator")
+    for host in HOSTS:
+        stop_process(f"agent-{host}")
+        root = STATE / "hosts" / host
+        if root.exists():  # the host's supervisor, its apps and nginx outlive the agent by design
+            subprocess.run([str(APPRELEASE), "agent", "stop", "--root", str(root)], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop_index()
     cp = controlplane.ControlPlane(controlplane.DEMO_STATE_DIR, durable=True)
     if cp.records():

@@ -167,18 +167,19 @@ def http_get(
     tls: bool = False,
     method: str = "GET",
     body: bytes | None = None,
+    address: str = "127.0.0.1",
 ) -> Response:
-    """One request to nginx on 127.0.0.1:`port` with a Host header (SNI = host for TLS)."""
+    """One request to nginx on `address`:`port` with a Host header (SNI = host for TLS)."""
     if tls:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(address, port, timeout=10, context=context)
         # SNI must name the site: connect by IP but send the server name.
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock = socket.create_connection((address, port), timeout=10)
         conn.sock = context.wrap_socket(sock, server_hostname=host)
     else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn = http.client.HTTPConnection(address, port, timeout=10)
     try:
         conn.request(method, path, body=body, headers={"Host": host})
         resp = conn.getresponse()

@@ -290,6 +290,10 @@ def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, er
     current = _link_target(paths.current)
     last = next((e for e in reversed(app_state.history) if e.revision == serving), None)
     ready = error is None and serving == release.spec.revision
+    last_build = app_state.last_build
+    if (last_build is None or last_build.build_id != release.spec.build_id) and paths.release(release.spec.build_id).exists():
+        # Nothing was built for this spec: its venv was already on disk (e.g. a revert to the serving release).
+        last_build = BuildRecord(build_id=release.spec.build_id, reused=True, seconds=0.0)
     return HostReleaseStatus(
         observed_generation=release.metadata.generation,
         phase="Ready" if ready else "Failed",
@@ -298,7 +302,7 @@ def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, er
         serving_version=last.version if last else None,
         message=str(error) if error else f"serving {release.spec.version} ({release.spec.revision})",
         log_tail=error.log_tail if error and error.log_tail else None,
-        last_build=app_state.last_build,
+        last_build=last_build,
         history=app_state.history,
         updated_at=state.now(),
     )
