@@ -190,9 +190,12 @@ def wait_rollout(cp: controlplane.ControlPlane, timeout: float = 300) -> float:
 
 
 def apply_version(cp: controlplane.ControlPlane, version: str) -> None:
-    text = EXAMPLE.read_text().replace("1.0.0", version)
+    """The example at `version` (it names 1.0.0), applied as a user would."""
+    if version == "1.0.0":
+        show(cp, "apply", "-f", str(EXAMPLE))
+        return
     print(f"$ sed 's/1.0.0/{version}/' {EXAMPLE.relative_to(REPO)} | kubectl apply -f -")
-    print(cp.kubectl("apply", "-f", "-", input=text).stdout.rstrip())
+    print(cp.kubectl("apply", "-f", "-", input=EXAMPLE.read_text().replace("1.0.0", version)).stdout.rstrip())
 
 
 def up() -> int:
