@@ -48,9 +48,13 @@ class HealthResult:
 
 def wait_healthy(
     sock: Path, url: str, *, expected: int, deadline_seconds: float, host: str = "localhost",
-    interval: float = 0.1, request_timeout: float = 2.0,
+    interval: float = 0.05, max_interval: float = 1.0, request_timeout: float = 2.0,
 ) -> HealthResult:
-    """Poll until `url` answers `expected` or the deadline passes (a booting app refuses at first)."""
+    """Poll until `url` answers `expected` or the deadline passes (a booting app refuses at first).
+
+    The interval starts short (a healthy app answers within a few hundred ms and every wait
+    delays the switch) and doubles up to `max_interval`, so a failing app is not flooded.
+    """
     start = time.monotonic()
     detail = "no answer yet"
     while True:
@@ -64,3 +68,4 @@ def wait_healthy(
         if time.monotonic() - start >= deadline_seconds:
             return HealthResult(False, detail, time.monotonic() - start)
         time.sleep(interval)
+        interval = min(interval * 2, max_interval)
