@@ -32,12 +32,10 @@ import yaml
 from apprelease.agent import core, kube
 from apprelease.agent.kube import FINALIZER
 from apprelease.agent.layout import app_key, watcher_name
-from apprelease.api import models
 from apprelease.api.models import HostRelease
 from support.agents import AgentProcess
-from support.cluster import wait_for, wait_for_crd
+from support.cluster import wait_for
 from support.hosts import SERVER_NAME, make_host, release_for
-from support.manifests import ROOT
 from support.nginx import free_port, http_get, self_signed_cert
 
 pytestmark = pytest.mark.e2e
@@ -45,14 +43,6 @@ pytestmark = pytest.mark.e2e
 NODE = "node-a"
 OTHER_NODE = "node-b"
 CONVERGE = 180.0  # a first venv build on a cold cache plus a health check
-
-
-@pytest.fixture(scope="module")
-def cluster(control_plane):
-    control_plane.kubectl("apply", "-f", str(ROOT / "crds"))
-    for plural in ("appreleases", "hostreleases"):
-        wait_for_crd(control_plane, f"{plural}.{models.GROUP}")
-    return control_plane
 
 
 @pytest.fixture(scope="module")

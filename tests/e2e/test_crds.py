@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from apprelease.api import models
-from support.cluster import wait_for, wait_for_crd
-from support.manifests import BAD, EXAMPLE, ROOT, with_change
+from support.cluster import wait_for
+from support.manifests import BAD, EXAMPLE, with_change
 
 pytestmark = pytest.mark.e2e
 
@@ -28,14 +28,6 @@ MINIMAL_SPEC = {
     "user": "webxample",
     "proxy": {"serverNames": ["webxample.local"]},
 }
-
-
-@pytest.fixture(scope="module")
-def cluster(control_plane):
-    control_plane.kubectl("apply", "-f", str(ROOT / "crds"))
-    for plural in ("appreleases", "hostreleases"):
-        wait_for_crd(control_plane, f"{plural}.{models.GROUP}")
-    return control_plane
 
 
 @pytest.fixture

@@ -23,10 +23,9 @@ import pytest
 
 from apprelease.agent.layout import HostLayout, app_key
 from support.agents import AgentProcess
-from support.cluster import wait_for, wait_for_crd
+from support.cluster import wait_for
 from support.hosts import SERVER_NAME, app_release
 from support.load import LoadProcess
-from support.manifests import ROOT
 from support.nginx import free_port, http_get
 from support.operator import OperatorProcess
 
@@ -113,11 +112,8 @@ def assert_no_failed_requests(tallies: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def story(control_plane, package_index, tmp_path_factory):
-    cp = control_plane
-    cp.kubectl("apply", "-f", str(ROOT / "crds"))
-    for plural in ("appreleases", "hostreleases"):
-        wait_for_crd(cp, f"{plural}.apprelease.dev")
+def story(cluster, package_index, tmp_path_factory):
+    cp = cluster
     namespace = f"story-{SUFFIX}"
     cp.kubectl("create", "namespace", namespace)
     for node in ADDRESSES:

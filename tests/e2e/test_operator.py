@@ -32,8 +32,8 @@ import yaml
 
 from apprelease.api import models
 from apprelease.api.resolve import host_release_name
-from support.cluster import wait_for, wait_for_crd
-from support.manifests import EXAMPLE, ROOT
+from support.cluster import wait_for
+from support.manifests import EXAMPLE
 from support.operator import OperatorProcess
 
 pytestmark = pytest.mark.e2e
@@ -41,14 +41,6 @@ pytestmark = pytest.mark.e2e
 AGENT_FINALIZER = "apprelease.dev/agent-cleanup"
 APP = "webxample"
 TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module")
-def cluster(control_plane):
-    control_plane.kubectl("apply", "-f", str(ROOT / "crds"))
-    for plural in ("appreleases", "hostreleases"):
-        wait_for_crd(control_plane, f"{plural}.{models.GROUP}")
-    return control_plane
 
 
 class Env:

@@ -1,9 +1,6 @@
 """The release store's pure decisions (agent/builder.py), no processes or files.
 
 Aspects covered:
-- garbage collection choice (`releases_to_collect`): the `limit` newest survive, the serving
-  and previous builds (`keep`) always survive whatever their age, ties are ordered stably,
-  unknown ids in `keep` change nothing, a negative limit is refused;
 - the build environment drops the host's pip/uv/Python settings and blinds pip's config files;
 - the interpreter is looked for only in the given directories, in order (never $PATH);
 - the uv and pip command lines: config ignored, explicit cache, optional index, wheel first;
@@ -12,63 +9,20 @@ Aspects covered:
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from apprelease.agent.builder import (
-    ReleaseRecord,
     clean_build_env,
     install_command,
     interpreter_candidates,
-    releases_to_collect,
     venv_command,
     wheel_filename,
 )
 
 pytestmark = pytest.mark.unit
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-
-def records(*ids: str) -> list[ReleaseRecord]:
-    """Records created one minute apart: the first id is the oldest."""
-    return [ReleaseRecord(build_id, T0 + timedelta(minutes=i)) for i, build_id in enumerate(ids)]
-
-
-@pytest.mark.parametrize(
-    ("existing", "keep", "limit", "expected"),
-    [
-        pytest.param([], set(), 5, [], id="nothing-on-disk"),
-        pytest.param(["a", "b", "c"], set(), 5, [], id="under-the-limit"),
-        pytest.param(["a", "b", "c"], set(), 3, [], id="exactly-the-limit"),
-        pytest.param(["a", "b", "c", "d"], set(), 2, ["b", "a"], id="oldest-collected-newest-first"),
-        pytest.param(["a", "b", "c", "d"], {"d", "c"}, 2, ["b", "a"], id="keep-is-the-newest"),
-        pytest.param(["a", "b", "c", "d"], {"a"}, 1, ["c", "b"], id="old-serving-build-survives"),
-        pytest.param(["a", "b", "c", "d"], {"a", "b"}, 1, ["c"], id="rolled-back-serving-and-previous-survive"),
-        pytest.param(["a", "b", "c"], {"a", "b", "c"}, 0, [], id="limit-zero-keeps-only-keep"),
-        pytest.param(["a", "b", "c"], set(), 0, ["c", "b", "a"], id="limit-zero-nothing-kept"),
-        pytest.param(["a", "b"], {"zzz"}, 1, ["a"], id="unknown-keep-id-ignored"),
-    ],
-)
-def test_releases_to_collect(existing: list[str], keep: set[str], limit: int, expected: list[str]) -> None:
-    assert releases_to_collect(records(*existing), keep, limit) == expected
-
-
-def test_releases_to_collect_ignores_input_order() -> None:
-    shuffled = list(reversed(records("a", "b", "c", "d")))
-    assert releases_to_collect(shuffled, {"c"}, 1) == ["b", "a"]
-
-
-def test_releases_created_at_the_same_time_are_ordered_by_build_id() -> None:
-    same = [ReleaseRecord(b, T0) for b in ("b2", "b1", "b3")]
-    assert releases_to_collect(same, set(), 1) == ["b2", "b1"]
-
-
-def test_negative_limit_is_refused() -> None:
-    with pytest.raises(ValueError, match="limit"):
-        releases_to_collect(records("a"), set(), -1)
 
 
 def test_build_env_drops_host_settings() -> None:

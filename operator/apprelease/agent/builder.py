@@ -1,8 +1,8 @@
 """The release store: one immutable virtualenv per buildId under `apps/<key>/releases/`.
 
 Called by the agent's reconcile core: `ensure_release` is step 1 of a rotation (make sure the
-venv for the spec's buildId exists), `list_releases` + `releases_to_collect` +
-`remove_release` are the garbage collection after it, and `remove_temp_builds` clears what a
+venv for the spec's buildId exists), `list_releases` + `remove_release`
+are the garbage collection after it (which releases go is `plan.collectable`'s choice), and `remove_temp_builds` clears what a
 crashed build left behind (at agent start, when no build of the app runs).
 
 The one invariant: `releases/<buildId>` exists only when it is complete. A build happens in
@@ -33,7 +33,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 from ..api import identity
 from ..api.models import HostReleaseSpec
 from .executor import CommandFailed, LocalExecutor
+from .files import fsync_dir
 from .layout import TMP_PREFIX, AppPaths, HostLayout
 
 log = logging.getLogger(__name__)
@@ -159,20 +160,6 @@ def wheel_filename(url: str) -> str:
 
 def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def releases_to_collect(records: Iterable[ReleaseRecord], keep: set[str], limit: int) -> list[str]:
-    """buildIds to remove: all but the `limit` newest and those in `keep`.
-
-    `keep` holds the serving and previous builds, which are never collected whatever their
-    age. Newest first by creation time (ties broken by buildId, so the choice is stable);
-    the result is in that order too.
-    """
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, not {limit}")
-    ordered = sorted(records, key=lambda r: (r.created, r.build_id), reverse=True)
-    retained = {r.build_id for r in ordered[:limit]} | keep
-    return [r.build_id for r in ordered if r.build_id not in retained]
 
 
 def _now() -> str:
@@ -463,7 +450,7 @@ def _publish(tmp: Path, final: Path) -> bool:
             shutil.rmtree(tmp)
             return True
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return False
 
 
@@ -479,13 +466,6 @@ def _discard(tmp: Path, exc: BaseException) -> None:
 def _make_dirs(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o755)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------- the store / GC

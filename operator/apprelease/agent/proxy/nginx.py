@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..executor import LocalExecutor
+from ..files import fsync_dir
 from ..layout import HostLayout
 from . import procfs
 from ...api import models
@@ -226,7 +227,7 @@ class Nginx:
                 staged.unlink(missing_ok=True)
                 raise
             os.replace(staged, live)
-            _fsync_dir(live.parent)
+            fsync_dir(live.parent)
             master = self.master_pid()
             if master is not None:
                 self._reload_or_restore(master, live, previous)
@@ -240,7 +241,7 @@ class Nginx:
             previous = _read(live)
             if previous is not None:
                 live.unlink()
-                _fsync_dir(live.parent)
+                fsync_dir(live.parent)
                 master = self.master_pid()
                 if master is not None:
                     self._reload_or_restore(master, live, previous)
@@ -472,12 +473,5 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
