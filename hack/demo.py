@@ -125,7 +125,7 @@ def crds_ready(cp: controlplane.ControlPlane) -> bool:
     names = {"appreleases.apprelease.dev", "hostreleases.apprelease.dev"}
     established = {
         c["metadata"]["name"] for c in json.loads(out)["items"]
-        if any(x["type"] == "Established" and x["status"] == "True" for x in c.get("status", {}).get("conditions", []))
+        if any(x["type"] == "Established" and x["status"] == "True" for x in (c.get("status") or {}).get("conditions") or [])
     }
     return names <= established and cp.kubectl("get", "appreleases", "-A", check=False).returncode == 0
 
