@@ -26,12 +26,13 @@ from pathlib import Path
 
 import yaml
 
+from .. import metrics
 from ..api.manifests import ManifestError, load_documents, parse_resource
 from ..api.models import HostRelease
+from ..logs import JsonFormatter
 from . import cluster, core, kube, state
 from .executor import HostExecutor, LocalExecutor
 from .layout import HostLayout, parse_watcher_name
-from .probes import ProbeServer
 from .proxy.nginx import Nginx
 from .supervisors import make_supervisor
 
@@ -157,22 +158,6 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the traceback, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "thread": record.threadName,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
-
-
 def configure_logging(log_json: bool) -> None:
     """INFO to stderr, plain or JSON lines. force=True: importing circus already called
     logging.basicConfig(), which would make a second plain call a no-op (WARNING and up only)."""
@@ -200,16 +185,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    probes = None
-    if args.health_port:
-        probes = ProbeServer(args.health_address, args.health_port,
-                             {"healthz": agent.health.live, "readyz": agent.health.ready})
-        probes.start()
+    # The probes' port serves /metrics too; --metrics-port adds a port of its own (e.g. one
+    # that a NetworkPolicy opens to Prometheus only).
+    checks = {"healthz": agent.health.live, "readyz": agent.health.ready}
+    endpoints = [metrics.EndpointServer(address, port, metrics.AGENT, checks).start()
+                 for address, port in ((args.health_address, args.health_port), (args.metrics_address, args.metrics_port))
+                 if port]
     try:
         agent.run(stop)
     finally:
-        if probes:
-            probes.stop()
+        for endpoint in endpoints:
+            endpoint.stop()
     return 0
 
 
@@ -249,6 +235,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="server-side timeout of one watch request; it is renewed after (default 300)")
     run.add_argument("--health-port", type=int, default=0, help="serve /healthz and /readyz here (0: off)")
     run.add_argument("--health-address", default="0.0.0.0", help="address of the probe server")
+    run.add_argument("--metrics-port", type=int, default=0,
+                     help="serve Prometheus /metrics (and the probes) on this port as well (0: off; "
+                          "/metrics is always on --health-port)")
+    run.add_argument("--metrics-address", default="0.0.0.0", help="address of the metrics server")
     run.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     add_host_options(run)
     run.set_defaults(func=_cmd_run)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from .. import metrics
 from ..api.manifests import explain
 from ..api.models import HostRelease, HostReleaseStatus
 from . import core, kube, sync
@@ -249,7 +250,9 @@ class ClusterAgent:
                 return
             backoff = self._failures.setdefault(key, Backoff(self.settings.backoff_initial, self.settings.retry_max))
             delay = backoff.next()
-            if isinstance(exc, Retry) or kube.is_transient(exc):
+            transient = isinstance(exc, Retry) or kube.is_transient(exc)
+            metrics.agent_reconcile_failed(transient)
+            if transient:
                 self.health.last_error = kube.describe(exc.__cause__ or exc)
                 log.warning("%s: %s; retrying in %.1fs", key, self.health.last_error, delay)
             else:

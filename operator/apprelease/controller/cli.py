@@ -1,8 +1,11 @@
 """`apprelease operator`: run the Kopf operator. Wiring only.
 
     apprelease operator [--kubeconfig K] [--namespace NS ... | --all-namespaces] [--liveness URL]
+                        [--leader-elect [--leader-elect-namespace NS] [--leader-elect-lease-duration S]]
 
-Without --namespace, all namespaces are served. Registered on the main parser by
+Without --namespace, all namespaces are served. With --leader-elect the process first waits
+to hold the Lease (controller/leader.py), then runs Kopf while renewing it, and exits with 1
+if it loses it (the Deployment restarts it as a candidate). Registered on the main parser by
 `apprelease.cli` through `register`.
 """
 
@@ -10,6 +13,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kubernetes.client import Configuration
 
 
 class _QuietWakeups(logging.Filter):
@@ -25,6 +36,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     # `apprelease` command would pay for it.
     import kopf
 
+    from ..logs import use_json
+    from ..metrics import serve_operator
     from .handlers import OperatorContext, build_registry
     from .kube import KubeApi, client_configuration
 
@@ -37,17 +50,84 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietWakeups())
+    # Metrics and JSON logs (apprelease.metrics, apprelease.logs): served before any leader
+    # election, so a standby replica is scraped and probed too.
+    if args.log_json:
+        use_json()
+    if args.metrics_port:
+        serve_operator(args.metrics_address, args.metrics_port)
     config = client_configuration(args.kubeconfig)
     ctx = OperatorContext(config=config, api=KubeApi.from_configuration(config))
     namespaces = args.namespace or []
-    kopf.run(
-        registry=build_registry(ctx),
-        standalone=True,  # no peering: a single replica (leader election comes later)
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=args.liveness,
+
+    def run_kopf() -> None:
+        kopf.run(
+            registry=build_registry(ctx),
+            standalone=True,  # no Kopf peering: one active replica, chosen by --leader-elect
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=args.liveness,
+        )
+
+    if not args.leader_elect:
+        run_kopf()
+        return 0
+    return _run_as_leader(args, config, run_kopf)
+
+
+def _run_as_leader(args: argparse.Namespace, config: Configuration, run_kopf: Callable[[], None]) -> int:
+    """Wait for the Lease, run Kopf while renewing it, release it when Kopf stops.
+
+    Exit status 1 when the Lease was lost: the process must not go on reconciling, and a
+    restart makes it a plain candidate again.
+    """
+    from kubernetes.client import ApiClient, CoordinationV1Api
+
+    from .leader import LeaderElector, LeaseConfig, StandbyProbe, default_identity, default_namespace
+
+    lease = LeaseConfig(
+        namespace=args.leader_elect_namespace or default_namespace(),
+        identity=args.leader_elect_identity or default_identity(),
+        lease_duration=args.leader_elect_lease_duration,
+        renew_deadline=args.leader_elect_lease_duration * 2 / 3,
+        retry_period=args.leader_elect_lease_duration * 2 / 15,
     )
-    return 0
+    elector = LeaderElector(CoordinationV1Api(ApiClient(config)), lease)
+    # Until Kopf runs (it installs its own handlers), SIGTERM/SIGINT just end the wait.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    standby = StandbyProbe(args.liveness) if args.liveness else None
+    try:
+        acquired = elector.acquire(stop)
+    finally:
+        if standby is not None:
+            standby.close()  # before Kopf binds the same address
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not acquired:
+        return 0
+    renewing = threading.Event()  # set: stop renewing
+    lost = threading.Event()
+
+    def step_down() -> None:
+        lost.set()
+        # Stop Kopf as a SIGTERM would (graceful, with Kopf's own SIGKILL deadline). Not
+        # kopf.run(stop_flag=threading.Event()): Kopf waits on such a flag in an executor
+        # thread, and its loop's shutdown then waits for that thread until the flag is set,
+        # which a signal-initiated stop never does (seen here: the process hung).
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    renewer = threading.Thread(target=elector.renew_until, args=(renewing, step_down), name="lease-renewer",
+                               daemon=True)
+    renewer.start()
+    try:
+        run_kopf()
+    finally:
+        renewing.set()
+        renewer.join()
+        if not lost.is_set():
+            elector.release()
+    return 1 if lost.is_set() else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,5 +137,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     scope.add_argument("--namespace", "-n", action="append", help="serve only this namespace (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve all namespaces (the default)")
     op.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://127.0.0.1:8080/healthz")
+    op.add_argument("--leader-elect", action="store_true",
+                    help="hold the Lease `apprelease-operator` while reconciling; other replicas wait")
+    op.add_argument("--leader-elect-namespace",
+                    help="namespace of the Lease (default $POD_NAMESPACE, else the pod's, else default)")
+    op.add_argument("--leader-elect-identity", help="this candidate's name (default: hostname + random suffix)")
+    op.add_argument("--leader-elect-lease-duration", type=float, default=15.0, metavar="SECONDS",
+                    help="seconds a standby waits on an unrenewed Lease (renew deadline 2/3, retry 2/15 of it)")
     op.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    op.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    op.add_argument("--metrics-port", type=int, default=0,
+                    help="serve Prometheus /metrics, /healthz and /readyz on this port (0: off)")
+    op.add_argument("--metrics-address", default="0.0.0.0", help="address of the metrics server")
     op.set_defaults(func=_cmd_operator)

@@ -36,6 +36,7 @@ import urllib3
 from kubernetes.client import Configuration
 from kubernetes.client.exceptions import ApiException
 
+from .. import metrics
 from ..api.models import APP_LABEL, GROUP, VERSION
 from .kube import APP_PLURAL, HOST_PLURAL, KubeApi, connection_info
 from .reconcile import finalize_app_release, reconcile_app_release, utcnow
@@ -137,10 +138,12 @@ async def handle_daemon_app_release(
             ctx.wakeups.clear(key)
             try:
                 # The kubernetes client is synchronous: run the whole pass off the event loop.
-                outcome = await asyncio.to_thread(
-                    reconcile_app_release, ctx.api, namespace, name, utcnow(), kopf_event_sink
-                )
+                with metrics.OPERATOR_RECONCILE_SECONDS.time():
+                    outcome = await asyncio.to_thread(
+                        reconcile_app_release, ctx.api, namespace, name, utcnow(), kopf_event_sink
+                    )
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                metrics.operator_reconcile_failed(exc)
                 delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
                 failures += 1
                 logger.warning(f"reconcile failed ({_brief(exc)}); retrying in {delay:g}s")
@@ -193,6 +196,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings)
+        metrics.operator_started()  # /readyz of --metrics-port
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from .. import metrics
 from ..api import identity, resolve
 from ..api.manifests import explain
 from ..api.models import AppRelease, AppReleaseStatus
@@ -62,6 +63,7 @@ def reconcile_app_release(
 ) -> Outcome:
     obj = api.get_app_release(namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
+        metrics.forget_app(namespace, name)
         return Outcome(gone=True)  # the deletion handler takes over
     generation = int(obj["metadata"].get("generation") or 1)
     previous = previous_status(obj)
@@ -95,9 +97,11 @@ def reconcile_app_release(
         revision_history_limit=spec.revision_history_limit,
     )
     new = status.compute_status(rollout, previous, now)
-    for event in status.rollout_events(previous, new, rollout, step, before, spec.strategy.max_unavailable):
+    events = status.rollout_events(previous, new, rollout, step, before, spec.strategy.max_unavailable)
+    for event in events:
         post(obj, event)
     written = _write_status(api, obj, previous, new)
+    _record_metrics(namespace, name, previous, new, events)
     return Outcome(requeue_after=status.deadline_in(rollout, new, now), status_written=written)
 
 
@@ -166,3 +170,12 @@ def _write_status(
     meta = obj["metadata"]
     api.patch_app_release_status(meta["namespace"], meta["name"], status_patch(new_wire, obj.get("status")))
     return True
+
+
+# ----- metrics (apprelease.metrics): recorded after the status write, from the same decisions
+
+
+def _record_metrics(namespace: str, name: str, previous: AppReleaseStatus | None, new: AppReleaseStatus,
+                    events: list[Event]) -> None:
+    metrics.record_rollout(namespace, name, (e.reason for e in events), status.halted_reason(previous, new),
+                           (h.phase for h in new.hosts))

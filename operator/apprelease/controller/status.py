@@ -217,6 +217,25 @@ def invalid_spec_events(previous: AppReleaseStatus | None, new: AppReleaseStatus
     return [Event("Warning", INVALID_SPEC, now.message)]
 
 
+def halted_reason(previous: AppReleaseStatus | None, new: AppReleaseStatus) -> str | None:
+    """HostFailed or ProgressDeadlineExceeded when this status newly halts the rollout, else None.
+
+    For the rollouts-halted metric: a halt is counted when it begins, not at every reconcile
+    that still sees it.
+    """
+    degraded_before, degraded_now = condition(previous, DEGRADED), condition(new, DEGRADED)
+    if degraded_now is not None and degraded_now.status == "True" and degraded_now.reason == HOST_FAILED and not (
+        degraded_before is not None and degraded_before.status == "True" and degraded_before.reason == HOST_FAILED
+    ):
+        return HOST_FAILED
+    progressing_before, progressing_now = condition(previous, PROGRESSING), condition(new, PROGRESSING)
+    if progressing_now is not None and progressing_now.reason == PROGRESS_DEADLINE_EXCEEDED and (
+        progressing_before is None or progressing_before.reason != PROGRESS_DEADLINE_EXCEEDED
+    ):
+        return PROGRESS_DEADLINE_EXCEEDED
+    return None
+
+
 # ----- pieces
 
 
@@ -295,6 +314,6 @@ def _host_states(rollout: Rollout) -> list[HostState]:
 
 
 __all__ = [
-    "Event", "Rollout", "compute_status", "condition", "deadline_in", "invalid_spec_events",
+    "Event", "Rollout", "compute_status", "condition", "deadline_in", "halted_reason", "invalid_spec_events",
     "invalid_spec_status", "rollout_events", "set_condition",
 ]
