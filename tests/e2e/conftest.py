@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apprelease.api import models
+from support.argocd import argocd  # noqa: F401 - the session fixture (GitOps tests)
 from support.cluster import wait_for_crd
 from support.manifests import ROOT
 
