@@ -47,8 +47,9 @@ test-integration: deps venv
 test-e2e: deps venv controlplane argocd
 	$(VENV)/bin/pytest -m e2e $(PYTEST_ARGS)
 
+# `make demo GITOPS=1` adds an act where a real Argo CD drives the same story from git commits.
 demo: deps venv controlplane
-	hack/demo up
+	hack/demo up $(if $(GITOPS),--gitops)
 
 demo-down:
 	hack/demo down

@@ -1,7 +1,9 @@
 """`make demo`: apprelease on this machine, from nothing, with real parts only.
 
-    hack/demo up      control plane, CRDs, index, two hosts, the operator; v1 -> v2 -> back to v1
-    hack/demo down    stop everything `up` started (also what Ctrl-C during `up` does)
+    hack/demo up [--gitops]   control plane, CRDs, index, two hosts, the operator; v1 -> v2 -> back to v1;
+                              with --gitops (make demo GITOPS=1) the story again, driven by git commits
+                              through a real Argo CD
+    hack/demo down            stop everything `up` started (also what Ctrl-C during `up` does)
 
 What runs, all on loopback, all state under `.demo/` (gitignored):
 - etcd + kube-apiserver + kube-controller-manager built from Go modules (hack/controlplane.py);
@@ -10,6 +12,8 @@ What runs, all on loopback, all state under `.demo/` (gitignored):
   with its own root under .demo/hosts/, its own circusd, and its own nginx listening on
   127.0.0.2 and 127.0.0.3 respectively;
 - the operator (`apprelease operator`);
+- with --gitops: Argo CD v3.2.11 built from Go modules (hack/argocd.py: redis, repo-server,
+  application-controller), an Application on a local git repository under .demo/gitops-repo;
 - `kubectl` is the one built with the control plane, same version as the server.
 """
 
@@ -198,7 +202,89 @@ def apply_version(cp: controlplane.ControlPlane, version: str) -> None:
     print(cp.kubectl("apply", "-f", "-", input=EXAMPLE.read_text().replace("1.0.0", version)).stdout.rstrip())
 
 
-def up() -> int:
+GITOPS_REPO = STATE / "gitops-repo"
+GITOPS_APP = "webxample-gitops"
+
+
+def git(*args: str) -> str:
+    out = subprocess.run(["git", "-c", "user.name=apprelease demo", "-c", "user.email=demo@localhost", *args],
+                         cwd=GITOPS_REPO, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def argo_view(cp: controlplane.ControlPlane) -> tuple[str, str | None, str | None]:
+    """(a line for people, the synced commit, the AppRelease's health) as Argo CD reports them."""
+    app = json.loads(cp.kubectl("get", "application", GITOPS_APP, "-n", "argocd", "-o", "json").stdout)
+    status = app.get("status") or {}
+    sync = status.get("sync") or {}
+    health = next((r.get("health") or {} for r in status.get("resources", []) if r.get("kind") == "AppRelease"), {})
+    line = (f"Argo CD: {GITOPS_APP} sync {sync.get('status')} @ {(sync.get('revision') or '')[:7]}, "
+            f"AppRelease health {health.get('status')}" + (f" ({health['message']})" if health.get("message") else ""))
+    return line, sync.get("revision"), health.get("status")
+
+
+def commit_and_sync(cp: controlplane.ControlPlane, message: str, revert: bool = False, version: str = "") -> None:
+    if revert:
+        git("revert", "--no-edit", "HEAD")
+        print("$ git revert --no-edit HEAD")
+    else:
+        (GITOPS_REPO / "apps" / "webxample.yaml").write_text(EXAMPLE.read_text().replace("1.0.0", version))
+        git("add", "-A")
+        git("commit", "-q", "-m", message)
+        print(f"$ git commit -am '{message}'")
+    head = git("rev-parse", "HEAD")
+    cp.kubectl("annotate", "application", GITOPS_APP, "-n", "argocd", "argocd.argoproj.io/refresh=normal",
+               "--overwrite", check=False)
+    wait_for(lambda: argo_view(cp)[1] == head, 120, f"Argo CD to sync {head[:7]}")
+
+
+def gitops_act(cp: controlplane.ControlPlane) -> None:
+    sys.path.insert(0, str(REPO / "hack"))
+    import argocd  # hack/argocd.py
+
+    say("9. GitOps: a real Argo CD (built from Go modules) syncs the AppRelease from a local git repository")
+    argo = argocd.ArgoCD(argocd.DEMO_STATE_DIR, cp)
+    if len(argo.running_components()) != len(argocd.COMPONENTS):
+        argo.start()
+    print(f"Argo CD running; state and logs in {argo.state_dir.relative_to(REPO)}")
+    if not (GITOPS_REPO / ".git").exists():
+        (GITOPS_REPO / "apps").mkdir(parents=True)
+        git("init", "-q", "-b", "main")
+    if not (GITOPS_REPO / "apps" / "webxample.yaml").exists():
+        (GITOPS_REPO / "apps" / "webxample.yaml").write_text(EXAMPLE.read_text())
+        git("add", "-A")
+        git("commit", "-q", "-m", "webxample 1.0.0")
+    import yaml
+
+    app = yaml.safe_load((REPO / "manifests" / "argocd" / "application.yaml").read_text())
+    app["metadata"] = {"name": GITOPS_APP, "namespace": "argocd"}  # no finalizer: demo-down must not wait
+    app["spec"]["source"].update(repoURL=f"file://{GITOPS_REPO}", path="apps", targetRevision="main")
+    print(f"$ kubectl apply -f manifests/argocd/application.yaml   # repoURL file://{GITOPS_REPO.relative_to(REPO)}")
+    print(cp.kubectl("apply", "-f", "-", input=json.dumps(app)).stdout.rstrip())
+    wait_for(lambda: argo_view(cp)[2] == "Healthy", 120, "Argo CD to report the AppRelease Healthy")
+    print(argo_view(cp)[0])
+
+    print("\nCommit 2.0.0; Argo CD syncs it; the hosts move one at a time:")
+    started = time.monotonic()
+    commit_and_sync(cp, "webxample 2.0.0", version="2.0.0")
+    wait_rollout(cp)
+    wait_for(lambda: argo_view(cp)[2] == "Healthy", 60, "Argo CD to report Healthy")
+    print(f"commit -> served on both hosts in {time.monotonic() - started:.1f}s")
+    print(argo_view(cp)[0])
+    show_curls()
+
+    print("\nRollback is `git revert`; nothing is rebuilt:")
+    started = time.monotonic()
+    commit_and_sync(cp, "", revert=True)
+    wait_rollout(cp)
+    wait_for(lambda: argo_view(cp)[2] == "Healthy", 60, "Argo CD to report Healthy")
+    print(f"revert -> served on both hosts in {time.monotonic() - started:.1f}s")
+    print(argo_view(cp)[0])
+    show_curls()
+    print(f"  git -C {GITOPS_REPO.relative_to(REPO)} log --oneline;  kubectl -n argocd get applications")
+
+
+def up(gitops: bool = False) -> int:
     STATE.mkdir(exist_ok=True)
     cp = controlplane.ControlPlane(controlplane.DEMO_STATE_DIR, durable=True)
     started = time.monotonic()
@@ -254,6 +340,9 @@ def up() -> int:
     show_curls()
     show(cp, "get", "ar")
 
+    if gitops:
+        gitops_act(cp)
+
     say(f"Done in {time.monotonic() - started:.1f}s. Look around:")
     print(f"  export KUBECONFIG={cp.kubeconfig_path} PATH={cp.bin_dir}:$PATH")
     print("  kubectl get ar,hr -A;  kubectl describe ar webxample")
@@ -273,6 +362,12 @@ def down() -> int:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop_index()
     cp = controlplane.ControlPlane(controlplane.DEMO_STATE_DIR, durable=True)
+    sys.path.insert(0, str(REPO / "hack"))
+    import argocd  # hack/argocd.py
+
+    argo = argocd.ArgoCD(argocd.DEMO_STATE_DIR, cp)
+    if argo.running_components():
+        argo.stop()
     if cp.records():
         cp.stop()
     print("demo: stopped; state kept in .demo/ (rm -rf .demo to forget it)")
@@ -280,16 +375,16 @@ def down() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv[1:] == ["up"]:
+    if argv[1:2] == ["up"] and set(argv[2:]) <= {"--gitops"}:
         try:
-            return up()
+            return up(gitops="--gitops" in argv[2:])
         except KeyboardInterrupt:
             print("\ndemo: interrupted, stopping what was started", file=sys.stderr)
             down()
             return 130
     if argv[1:] == ["down"]:
         return down()
-    print("usage: hack/demo up|down", file=sys.stderr)
+    print("usage: hack/demo up [--gitops] | down", file=sys.stderr)
     return 2
 
 

@@ -192,6 +192,17 @@ class GitOps:
                             keepalive=2, fresh=1, fresh_post=1, slow=1) for a in ADDRESSES.values()]
 
 
+def show_argo(gitops: GitOps, step: str) -> None:
+    """Argo CD's own view after a step, printed for a person (and the README)."""
+    app = gitops.application()
+    status = app.get("status") or {}
+    sync = status.get("sync") or {}
+    health = resource_health(app, "AppRelease", APP)
+    print(f"\n[{step}] Application: sync {sync.get('status')} @ {(sync.get('revision') or '')[:7]}, "
+          f"health {(status.get('health') or {}).get('status')} | AppRelease {APP}: {health.get('status')}"
+          + (f" ({health['message']})" if health.get("message") else ""))
+
+
 def finish(loads: list[LoadProcess]) -> list[dict]:
     try:
         return [load.finish() for load in loads]
@@ -265,6 +276,7 @@ def test_commit_v1_is_synced_and_served_progressing_then_healthy(gitops):
     # Missing: Argo CD has compared but not yet applied it.
     assert [s for s in seen if s != "Missing"] == ["Progressing", "Healthy"], seen
     gitops.wait_health("Healthy")
+    show_argo(gitops, "commit v1")
 
 
 def test_commit_v2_moves_hosts_one_at_a_time_with_no_failed_request(gitops):
@@ -277,6 +289,7 @@ def test_commit_v2_moves_hosts_one_at_a_time_with_no_failed_request(gitops):
     assert_no_failed_requests(finish(loads))
     assert gitops.max_in_flight <= 1
     gitops.wait_health("Healthy")
+    show_argo(gitops, "commit v2")
 
 
 def test_failing_v3_halts_after_the_first_host_and_argo_shows_degraded(gitops):
@@ -291,6 +304,7 @@ def test_failing_v3_halts_after_the_first_host_and_argo_shows_degraded(gitops):
 
     wait_for(halted, 120, lambda: json.dumps(gitops.app_release().get("status"), indent=1))
     health = gitops.wait_health("Degraded")
+    show_argo(gitops, "commit failing v3")
     tallies = finish(loads)
     degraded = gitops.conditions()["Degraded"]
     assert health["message"] == degraded["message"], (health, degraded)  # the operator's words
@@ -312,6 +326,7 @@ def test_git_revert_rolls_back_without_building(gitops):
         print(f"\ngit revert of {reverted} -> {back_to} serving on 2 hosts: {time.monotonic() - started:.1f}s")
         assert gitops.index.index.requests == []  # no resolver, no download: nothing was built
         gitops.wait_health("Healthy")
+        show_argo(gitops, f"git revert {reverted}")
     assert gitops.app_release()["spec"]["version"] == "1.0.0"
 
 
@@ -326,6 +341,7 @@ def test_drift_is_self_healed_and_hosts_converge(gitops):
     print(f"\nkubectl edit -> git's version restored by self-heal: {time.monotonic() - started:.1f}s")
     gitops.wait_serving("1.0.0")
     gitops.wait_health("Healthy")
+    show_argo(gitops, "kubectl edit, self-healed")
 
 
 def test_paused_commit_is_suspended_and_moves_no_host(gitops):
@@ -339,6 +355,7 @@ def test_paused_commit_is_suspended_and_moves_no_host(gitops):
     sha = gitops.pushed()
     gitops.wait_synced(sha)
     health = gitops.wait_health("Suspended")
+    show_argo(gitops, "commit paused")
     assert "paused" in health["message"], health
     time.sleep(3)  # give a wrong operator time to move a host
     assert {node: hr["spec"]["version"] for node, hr in gitops.host_releases().items()} == before
