@@ -177,12 +177,13 @@ def progress_line(cp: controlplane.ControlPlane) -> tuple[str, bool]:
     return line, done
 
 
-def wait_rollout(cp: controlplane.ControlPlane, timeout: float = 300) -> float:
-    """Prints a live progress line until the rollout is complete; returns its duration."""
+def wait_rollout(cp: controlplane.ControlPlane, version: str, timeout: float = 300) -> float:
+    """Prints a live progress line until the rollout of `version` is complete; returns its duration."""
     started = time.monotonic()
     last = ""
     while True:
         line, done = progress_line(cp)
+        done = done and line.startswith(f"{version} ")
         if line != last:
             print(f"  [{time.monotonic() - started:5.1f}s] {line}", flush=True)
             last = line
@@ -213,14 +214,17 @@ def git(*args: str) -> str:
 
 
 def argo_view(cp: controlplane.ControlPlane) -> tuple[str, str | None, str | None]:
-    """(a line for people, the synced commit, the AppRelease's health) as Argo CD reports them."""
+    """(a line for people, the commit synced and applied, the AppRelease's health) as Argo CD reports them."""
     app = json.loads(cp.kubectl("get", "application", GITOPS_APP, "-n", "argocd", "-o", "json").stdout)
     status = app.get("status") or {}
     sync = status.get("sync") or {}
     health = next((r.get("health") or {} for r in status.get("resources", []) if r.get("kind") == "AppRelease"), {})
     line = (f"Argo CD: {GITOPS_APP} sync {sync.get('status')} @ {(sync.get('revision') or '')[:7]}, "
             f"AppRelease health {health.get('status')}" + (f" ({health['message']})" if health.get("message") else ""))
-    return line, sync.get("revision"), health.get("status")
+    operation = status.get("operationState") or {}
+    applied = (sync.get("status") == "Synced" and operation.get("phase") == "Succeeded"
+               and (operation.get("syncResult") or {}).get("revision") == sync.get("revision"))
+    return line, sync.get("revision") if applied else None, health.get("status")
 
 
 def commit_and_sync(cp: controlplane.ControlPlane, message: str, revert: bool = False, version: str = "") -> None:
@@ -261,13 +265,15 @@ def gitops_act(cp: controlplane.ControlPlane) -> None:
     app["spec"]["source"].update(repoURL=f"file://{GITOPS_REPO}", path="apps", targetRevision="main")
     print(f"$ kubectl apply -f manifests/argocd/application.yaml   # repoURL file://{GITOPS_REPO.relative_to(REPO)}")
     print(cp.kubectl("apply", "-f", "-", input=json.dumps(app)).stdout.rstrip())
-    wait_for(lambda: argo_view(cp)[2] == "Healthy", 120, "Argo CD to report the AppRelease Healthy")
+    head = git("rev-parse", "HEAD")
+    wait_for(lambda: argo_view(cp)[1] == head and argo_view(cp)[2] == "Healthy", 120,
+             "Argo CD to sync the repository and report the AppRelease Healthy")
     print(argo_view(cp)[0])
 
     print("\nCommit 2.0.0; Argo CD syncs it; the hosts move one at a time:")
     started = time.monotonic()
     commit_and_sync(cp, "webxample 2.0.0", version="2.0.0")
-    wait_rollout(cp)
+    wait_rollout(cp, "2.0.0")
     wait_for(lambda: argo_view(cp)[2] == "Healthy", 60, "Argo CD to report Healthy")
     print(f"commit -> served on both hosts in {time.monotonic() - started:.1f}s")
     print(argo_view(cp)[0])
@@ -276,7 +282,7 @@ def gitops_act(cp: controlplane.ControlPlane) -> None:
     print("\nRollback is `git revert`; nothing is rebuilt:")
     started = time.monotonic()
     commit_and_sync(cp, "", revert=True)
-    wait_rollout(cp)
+    wait_rollout(cp, "1.0.0")
     wait_for(lambda: argo_view(cp)[2] == "Healthy", 60, "Argo CD to report Healthy")
     print(f"revert -> served on both hosts in {time.monotonic() - started:.1f}s")
     print(argo_view(cp)[0])
@@ -318,7 +324,7 @@ def up(gitops: bool = False) -> int:
 
     say("6. webxample 1.0.0, applied with kubectl, rolled onto both hosts")
     show(cp, "apply", "-f", str(EXAMPLE))
-    took = wait_rollout(cp)
+    took = wait_rollout(cp, "1.0.0")
     print(f"served on both hosts {took:.1f}s after the apply (venv builds included)")
     show(cp, "get", "ar,hr")
     show_curls()
@@ -326,13 +332,13 @@ def up(gitops: bool = False) -> int:
 
     say("7. webxample 2.0.0: the hosts move one at a time (maxUnavailable: 1), zero downtime")
     apply_version(cp, "2.0.0")
-    took = wait_rollout(cp)
+    took = wait_rollout(cp, "2.0.0")
     print(f"rollout complete in {took:.1f}s")
     show_curls()
 
     say("8. Rollback = revert the manifest: 1.0.0 is still on disk, nothing is rebuilt")
     apply_version(cp, "1.0.0")
-    took = wait_rollout(cp)
+    took = wait_rollout(cp, "1.0.0")
     print(f"rolled back in {took:.1f}s")
     for hr in get_json(cp, "hr", "-l", "apprelease.dev/app=webxample")["items"]:
         build = (hr.get("status") or {}).get("lastBuild") or {}
