@@ -29,12 +29,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane import (
     ControlPlane,
     ProcessRecord,
+    State,
     is_alive,
     log_tail,
     pick_free_ports,
@@ -79,29 +80,6 @@ class Ports:
     repo_server: int
     repo_server_metrics: int
     controller_metrics: int
-
-
-@dataclass
-class State:
-    """The contents of `state.json`: enough for `down` in another shell to stop what `up` started."""
-
-    ports: Ports
-    bin_dir: str
-    processes: dict[str, ProcessRecord] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> State:
-        raw = json.loads(path.read_text())
-        return cls(
-            ports=Ports(**raw["ports"]),
-            bin_dir=raw["bin_dir"],
-            processes={k: ProcessRecord(**v) for k, v in raw["processes"].items()},
-        )
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
 
 
 # ---------------------------------------------------------------- inputs: binary and manifests
@@ -194,7 +172,7 @@ class ArgoCD:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self._children: dict[str, subprocess.Popen[bytes]] = {}
-        self._state: State | None = State.load(self.state_file) if self.state_file.exists() else None
+        self._state: State | None = State.load(self.state_file, Ports) if self.state_file.exists() else None
 
     # ----- paths and views
 

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "hack" / "build-controlplane"
@@ -74,17 +74,20 @@ class ProcessRecord:
 
 @dataclass
 class State:
-    """The contents of `state.json`: written at every start/stop of a component."""
+    """The contents of `state.json`: written at every start/stop of a component.
 
-    ports: Ports
+    Also the state of hack/argocd.py, whose `ports` are of its own dataclass (`ports_type`).
+    """
+
+    ports: Any
     bin_dir: str
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> State:
+    def load(cls, path: Path, ports_type: type = Ports) -> State:
         raw = json.loads(path.read_text())
         return cls(
-            ports=Ports(**raw["ports"]),
+            ports=ports_type(**raw["ports"]),
             bin_dir=raw["bin_dir"],
             processes={k: ProcessRecord(**v) for k, v in raw["processes"].items()},
         )

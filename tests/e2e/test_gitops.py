@@ -38,7 +38,7 @@ from support.agents import AgentProcess
 from support.argocd import application, refresh, resource_health, sync_failure, synced_revision
 from support.cluster import wait_for
 from support.hosts import SERVER_NAME, app_release
-from support.load import LoadProcess
+from support.load import LoadProcess, assert_no_failed_requests, finish
 from support.manifests import ROOT
 from support.nginx import free_port, http_get
 from support.operator import OperatorProcess
@@ -201,20 +201,6 @@ def show_argo(gitops: GitOps, step: str) -> None:
     print(f"\n[{step}] Application: sync {sync.get('status')} @ {(sync.get('revision') or '')[:7]}, "
           f"health {(status.get('health') or {}).get('status')} | AppRelease {APP}: {health.get('status')}"
           + (f" ({health['message']})" if health.get("message") else ""))
-
-
-def finish(loads: list[LoadProcess]) -> list[dict]:
-    try:
-        return [load.finish() for load in loads]
-    finally:
-        for load in loads:
-            load.kill()
-
-
-def assert_no_failed_requests(tallies: list[dict]) -> None:
-    for tally in tallies:
-        assert tally["errors"] == 0 and tally["badStatus"] == 0, tally["failures"]
-        assert tally["ok"] > 50, tally
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from apprelease.agent.layout import HostLayout, app_key
 from support.agents import AgentProcess
 from support.cluster import wait_for
 from support.hosts import SERVER_NAME, app_release
-from support.load import LoadProcess
+from support.load import LoadProcess, assert_no_failed_requests, finish
 from support.nginx import free_port, http_get
 from support.operator import OperatorProcess
 
@@ -95,20 +95,6 @@ class Story:
     def loads(self, expect: list[str]) -> list[LoadProcess]:
         return [LoadProcess(self.port, host_header=SERVER_NAME, expect=expect, address=a, max_seconds=400,
                             keepalive=2, fresh=1, fresh_post=1, slow=1) for a in ADDRESSES.values()]
-
-
-def finish(loads: list[LoadProcess]) -> list[dict]:
-    try:
-        return [load.finish() for load in loads]
-    finally:
-        for load in loads:
-            load.kill()
-
-
-def assert_no_failed_requests(tallies: list[dict]) -> None:
-    for tally in tallies:
-        assert tally["errors"] == 0 and tally["badStatus"] == 0, tally["failures"]
-        assert tally["ok"] > 50, tally
 
 
 @pytest.fixture(scope="module")

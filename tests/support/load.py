@@ -180,5 +180,20 @@ class LoadProcess:
             self.proc.wait()
 
 
+def finish(loads: list[LoadProcess]) -> list[dict]:
+    """Stop every load generator and return their tallies (none is left running, even on error)."""
+    try:
+        return [load.finish() for load in loads]
+    finally:
+        for load in loads:
+            load.kill()
+
+
+def assert_no_failed_requests(tallies: list[dict]) -> None:
+    for tally in tallies:
+        assert tally["errors"] == 0 and tally["badStatus"] == 0, tally["failures"]
+        assert tally["ok"] > 50, tally
+
+
 if __name__ == "__main__":
     main()
