@@ -40,7 +40,9 @@ from controlplane import (
     log_tail,
     pick_free_ports,
     process_start_ticks,
+    report_components,
     signal_group,
+    stop_and_report,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -454,21 +456,12 @@ def cmd_up(argo: ArgoCD) -> int:
 
 
 def cmd_down(argo: ArgoCD) -> int:
-    running = argo.running_components()
-    argo.stop()
-    print(f"stopped {', '.join(running)}" if running else f"nothing running from {argo.state_dir}")
-    return 0
+    return stop_and_report(argo)
 
 
 def cmd_status(argo: ArgoCD) -> int:
-    records = argo.records()
-    if not records:
-        print(f"not running (state dir {argo.state_dir})")
+    if not report_components(argo, COMPONENTS, 32):
         return 1
-    for name in COMPONENTS:
-        rec = records.get(name)
-        state = "stopped" if rec is None else (f"pid {rec.pid}" if is_alive(rec) else f"pid {rec.pid} DEAD")
-        print(f"{name:32} {state}")
     return 0 if len(argo.running_components()) == len(COMPONENTS) else 1
 
 

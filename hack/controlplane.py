@@ -662,22 +662,34 @@ def cmd_up(cp: ControlPlane) -> int:
     return 0
 
 
-def cmd_down(cp: ControlPlane) -> int:
-    running = cp.running_components()
-    cp.stop()
-    print(f"stopped {', '.join(running)}" if running else f"nothing running from {cp.state_dir}")
+def stop_and_report(group: ControlPlane | Any) -> int:
+    """`down` of this script and of hack/argocd.py: stop the group, say what was running."""
+    running = group.running_components()
+    group.stop()
+    print(f"stopped {', '.join(running)}" if running else f"nothing running from {group.state_dir}")
     return 0
 
 
-def cmd_status(cp: ControlPlane) -> int:
-    records = cp.records()
+def report_components(group: ControlPlane | Any, components: Sequence[str], width: int) -> bool:
+    """`status` of this script and of hack/argocd.py: one line per component; False if none recorded."""
+    records = group.records()
     if not records:
-        print(f"not running (state dir {cp.state_dir})")
-        return 1
-    for name in COMPONENTS:
+        print(f"not running (state dir {group.state_dir})")
+        return False
+    for name in components:
         rec = records.get(name)
         state = "stopped" if rec is None else (f"pid {rec.pid}" if is_alive(rec) else f"pid {rec.pid} DEAD")
-        print(f"{name:24} {state}")
+        print(f"{name:{width}} {state}")
+    return True
+
+
+def cmd_down(cp: ControlPlane) -> int:
+    return stop_and_report(cp)
+
+
+def cmd_status(cp: ControlPlane) -> int:
+    if not report_components(cp, COMPONENTS, 24):
+        return 1
     print(f"etcd /health:            {'ok' if cp.etcd_healthy() else 'no answer'}")
     print(f"{cp.server_url}/readyz: {cp.readyz() or 'no answer'}")
     return 0 if len(cp.running_components()) == len(COMPONENTS) else 1

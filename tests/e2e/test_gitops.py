@@ -40,8 +40,9 @@ from support.cluster import wait_for
 from support.hosts import SERVER_NAME, app_release
 from support.load import LoadProcess, assert_no_failed_requests, finish
 from support.manifests import ROOT
-from support.nginx import free_port, http_get
+from support.nginx import free_port
 from support.operator import OperatorProcess
+from support.twohosts import HostsView
 from support.pypi import WebxampleIndex
 
 pytestmark = pytest.mark.e2e
@@ -75,13 +76,13 @@ def application_manifest(repo: Path) -> dict[str, Any]:
     return app
 
 
-class GitOps:
+class GitOps(HostsView):
     """What the tests share: the repository, the Application, the hosts and the operator."""
 
     def __init__(self, cp: ControlPlane, index: WebxampleIndex, repo: Path, port: int,
                  agents: dict[str, AgentProcess], operator: OperatorProcess) -> None:
-        self.cp, self.index, self.repo, self.port = cp, index, repo, port
-        self.agents, self.operator = agents, operator
+        super().__init__(cp, NAMESPACE, port, ADDRESSES, APP)
+        self.index, self.repo, self.agents, self.operator = index, repo, agents, operator
         self.commits: dict[str, str] = {}  # version label -> commit that introduced it
 
     # ----- git
@@ -144,27 +145,6 @@ class GitOps:
                         f"not {status}; AppRelease status: {json.dumps(self.app_release().get('status'))}")
 
     # ----- the cluster and the hosts
-
-    def get(self, *args: str) -> dict[str, Any]:
-        return json.loads(self.cp.kubectl("get", *args, "-n", NAMESPACE, "-o", "json").stdout)
-
-    def app_release(self) -> dict[str, Any]:
-        found = self.cp.kubectl("get", "ar", APP, "-n", NAMESPACE, "-o", "json", check=False)
-        return json.loads(found.stdout) if found.returncode == 0 else {}
-
-    def conditions(self) -> dict[str, dict]:
-        return {c["type"]: c for c in (self.app_release().get("status") or {}).get("conditions", [])}
-
-    def host_releases(self) -> dict[str, dict]:
-        items = self.get("hr", "-l", f"apprelease.dev/app={APP}")["items"]
-        return {hr["spec"]["node"]: hr for hr in items}
-
-    def served(self, node: str) -> str | None:
-        try:
-            resp = http_get(self.port, "/version", SERVER_NAME, address=ADDRESSES[node])
-        except OSError:
-            return None
-        return resp.json()["version"] if resp.status == 200 else None
 
     def wait_serving(self, version: str, timeout: float = 180) -> None:
         """Until both hosts serve `version` and the AppRelease says the rollout is complete;

@@ -26,8 +26,9 @@ from support.agents import AgentProcess
 from support.cluster import wait_for
 from support.hosts import SERVER_NAME, app_release
 from support.load import LoadProcess, assert_no_failed_requests, finish
-from support.nginx import free_port, http_get
+from support.nginx import free_port
 from support.operator import OperatorProcess
+from support.twohosts import HostsView
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +39,12 @@ SELECTOR = {"e2e.apprelease.dev/suite": SUFFIX}
 APP = "webxample"
 
 
-class Story:
+class Story(HostsView):
     """What the tests of this module share: the cluster, the hosts, the operator."""
 
     def __init__(self, cp, index, namespace: str, port: int, agents: dict[str, AgentProcess], operator):
-        self.cp, self.index, self.namespace, self.port = cp, index, namespace, port
-        self.agents, self.operator = agents, operator
+        super().__init__(cp, namespace, port, ADDRESSES, APP)
+        self.index, self.agents, self.operator = index, agents, operator
 
     def apply(self, version: str, **options) -> None:
         doc = app_release(self.index.url, version, port=self.port, name=APP, namespace=self.namespace,
@@ -51,25 +52,8 @@ class Story:
         doc["spec"]["hosts"] = {"nodeSelector": SELECTOR}
         self.cp.kubectl("apply", "-f", "-", input=json.dumps(doc))
 
-    def get(self, *args: str) -> dict:
-        return json.loads(self.cp.kubectl("get", *args, "-n", self.namespace, "-o", "json").stdout)
-
     def app(self) -> dict:
         return self.get("ar", APP)
-
-    def host_releases(self) -> dict[str, dict]:
-        items = self.get("hr", "-l", f"apprelease.dev/app={APP}")["items"]
-        return {hr["spec"]["node"]: hr for hr in items}
-
-    def served(self, node: str) -> str | None:
-        try:
-            resp = http_get(self.port, "/version", SERVER_NAME, address=ADDRESSES[node])
-        except OSError:
-            return None
-        return resp.json()["version"] if resp.status == 200 else None
-
-    def conditions(self) -> dict[str, dict]:
-        return {c["type"]: c for c in (self.app().get("status") or {}).get("conditions", [])}
 
     def wait_rollout(self, version: str, timeout: float = 240) -> dict:
         """Until every host serves `version` and the AppRelease says so; tracks hosts in flight."""
