@@ -34,8 +34,8 @@ from support.hosts import SERVER_NAME, make_host, release_for, stop_host  # noqa
 from support.nginx import free_port  # noqa: E402
 from support.pypi import start_webxample_index  # noqa: E402
 
-from apprelease.agent import core  # noqa: E402
-from apprelease.agent.layout import app_key, watcher_name  # noqa: E402
+from apprelease.host import core  # noqa: E402
+from apprelease.host.layout import app_key, watcher_name  # noqa: E402
 
 KEY = app_key("default", "webxample")
 VERSIONS = ("1.0.0", "2.0.0")

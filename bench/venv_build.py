@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.pypi import start_webxample_index  # noqa: E402
 
-from apprelease.agent.builder import ensure_release  # noqa: E402
-from apprelease.agent.executor import LocalExecutor  # noqa: E402
-from apprelease.agent.layout import HostLayout  # noqa: E402
+from apprelease.host.builder import ensure_release  # noqa: E402
+from apprelease.host.executor import LocalExecutor  # noqa: E402
+from apprelease.host.layout import HostLayout  # noqa: E402
 from apprelease.api import identity  # noqa: E402
 from apprelease.api.models import HostReleaseSpec, Proxy, ReleaseTemplate, Source  # noqa: E402
 

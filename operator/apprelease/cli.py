@@ -1,4 +1,4 @@
-"""The `apprelease` command: wiring only; the work lives in the api/, agent/ and controller/ layers.
+"""The `apprelease` command: wiring only; the work lives in the api/, host/, agent/ and controller/ layers.
 
     apprelease crds [--out DIR] [--check]       write (or check) crds/*.yaml from the models
     apprelease validate -f FILE                 validate AppRelease/HostRelease manifests

@@ -5,8 +5,9 @@ Who calls it:
   after each reconcile; controller/handlers.py counts failed reconciles and marks the
   operator ready once Kopf has started; controller/cli.py serves `OPERATOR` on
   `apprelease operator --metrics-port`;
-- agent/core.py records venv builds (cache hit: the release was on disk) and the seconds of
-  each rotation step, and counts failed health checks; agent/cluster.py counts failed
+- host/core.py records venv builds (cache hit: the release was on disk) and the seconds of
+  each rotation step, and counts failed health checks, through `AgentRecorder`, which
+  agent/cli.py hands to the host it wires; agent/cluster.py counts failed
   reconciles; agent/cli.py serves `AGENT` on `apprelease agent run --health-port` (with the
   probes) and `--metrics-port`.
 
@@ -137,6 +138,14 @@ def step_done(step: str, seconds: float) -> None:
 
 def health_check_failed(app_key: str) -> None:
     HEALTH_CHECK_FAILURES.labels(app_key).inc()
+
+
+class AgentRecorder:
+    """The host data plane's `Recorder` (host/recorder.py), counted in the agent's registry."""
+
+    venv_ensured = staticmethod(venv_ensured)
+    step_done = staticmethod(step_done)
+    health_check_failed = staticmethod(health_check_failed)
 
 
 def agent_reconcile_failed(transient: bool) -> None:

@@ -29,9 +29,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apprelease.agent import core, kube
+from apprelease.agent import kube
 from apprelease.agent.kube import FINALIZER
-from apprelease.agent.layout import app_key, watcher_name
+from apprelease.host import core
+from apprelease.host.layout import app_key, watcher_name
 from apprelease.api.models import HostRelease
 from support.agents import AgentProcess
 from support.cluster import wait_for

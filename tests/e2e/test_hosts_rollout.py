@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from apprelease.agent.layout import HostLayout, app_key
+from apprelease.host.layout import HostLayout, app_key
 from support.agents import AgentProcess
 from support.cluster import wait_for
 from support.hosts import SERVER_NAME, app_release

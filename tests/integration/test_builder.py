@@ -35,10 +35,10 @@ from pathlib import Path
 import pytest
 from support.pypi import LocalIndex, WebxampleIndex
 
-from apprelease.agent import builder
-from apprelease.agent.builder import BuildFailed, ensure_release
-from apprelease.agent.executor import LocalExecutor
-from apprelease.agent.layout import HostLayout
+from apprelease.host import builder
+from apprelease.host.builder import BuildFailed, ensure_release
+from apprelease.host.executor import LocalExecutor
+from apprelease.host.layout import HostLayout
 from apprelease.api import identity
 from apprelease.api.models import HostReleaseSpec, Proxy, ReleaseTemplate, Source
 

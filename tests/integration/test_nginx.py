@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from apprelease.agent.executor import LocalExecutor
-from apprelease.agent.layout import HostLayout
-from apprelease.agent.proxy import Nginx, ProxyConfigRejected, ProxyReloadFailed, procfs
+from apprelease.host.executor import LocalExecutor
+from apprelease.host.layout import HostLayout
+from apprelease.host.proxy import Nginx, ProxyConfigRejected, ProxyReloadFailed, procfs
 from apprelease.api import models
 from support.nginx import NGINX, RunningUpstream, free_port, http_get, self_signed_cert, serve_unix
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from apprelease.agent.layout import HostLayout
-from apprelease.agent.supervisors import KINDS, Supervisor, make_supervisor
-from apprelease.agent.supervisors.base import LAUNCHER, encode_env, process_alive
-from apprelease.agent.users import ensure_user, prepare_app_dirs
-from apprelease.agent.watchers import WatcherSpec, watcher_for
+from apprelease.host.layout import HostLayout
+from apprelease.host.supervisors import KINDS, Supervisor, make_supervisor
+from apprelease.host.supervisors.base import LAUNCHER, encode_env, process_alive
+from apprelease.host.users import ensure_user, prepare_app_dirs
+from apprelease.host.watchers import WatcherSpec, watcher_for
 from apprelease.api.models import HostReleaseSpec
 from support.apps import (
     APP_PYTHON,

@@ -11,11 +11,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from apprelease.agent import core
-from apprelease.agent.executor import LocalExecutor
-from apprelease.agent.layout import HostLayout
-from apprelease.agent.proxy.nginx import Nginx
-from apprelease.agent.supervisors import make_supervisor
+from apprelease.host import core
+from apprelease.host.executor import LocalExecutor
+from apprelease.host.layout import HostLayout
+from apprelease.host.proxy.nginx import Nginx
+from apprelease.host.supervisors import make_supervisor
 from apprelease.api.manifests import parse_resource
 from apprelease.api.models import AppRelease, HostRelease
 from apprelease.api.resolve import host_release

@@ -1,4 +1,4 @@
-"""The release store's pure decisions (agent/builder.py), no processes or files.
+"""The release store's pure decisions (host/builder.py), no processes or files.
 
 Aspects covered:
 - the build environment drops the host's pip/uv/Python settings and blinds pip's config files;
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from apprelease.agent.builder import (
+from apprelease.host.builder import (
     clean_build_env,
     install_command,
     interpreter_candidates,

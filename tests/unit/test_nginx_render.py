@@ -1,4 +1,4 @@
-"""Rendering of the host's nginx config (agent/proxy/render.py), checked statement by statement.
+"""Rendering of the host's nginx config (host/proxy/render.py), checked statement by statement.
 
 Covers:
 - a site's key directives: listen (address is a host setting), server_name, body size,
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, assume, currently_in_test_context, event, gi
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from apprelease.agent.layout import HostLayout
-from apprelease.agent.proxy import (
+from apprelease.host.layout import HostLayout
+from apprelease.host.proxy import (
     MainInputs,
     SiteConfigError,
     SiteInputs,

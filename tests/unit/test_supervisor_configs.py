@@ -23,15 +23,15 @@ from supervisor.datatypes import RestartUnconditionally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apprelease.agent.supervisors.base import (
+from apprelease.host.supervisors.base import (
     SupervisorError,
     decode_env,
     launch_argv,
     quote_arg,
 )
-from apprelease.agent.supervisors.circus import CircusSupervisor, render_watcher, watcher_options
-from apprelease.agent.supervisors.supervisord import SupervisordSupervisor, render_program
-from apprelease.agent.watchers import WatcherSpec
+from apprelease.host.supervisors.circus import CircusSupervisor, render_watcher, watcher_options
+from apprelease.host.supervisors.supervisord import SupervisordSupervisor, render_program
+from apprelease.host.watchers import WatcherSpec
 from apprelease.api import rules
 
 pytestmark = pytest.mark.unit
@@ -254,7 +254,7 @@ class FakeGetent:
     ],
 )
 def test_apps_never_run_as_root(name: str, entry: str) -> None:
-    from apprelease.agent.users import UnsafeUser, ensure_user
+    from apprelease.host.users import UnsafeUser, ensure_user
 
     executor = FakeGetent(entry)
     with pytest.raises(UnsafeUser):

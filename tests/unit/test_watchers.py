@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from apprelease.agent.layout import HostLayout, watcher_name
-from apprelease.agent.watchers import STOP_MARGIN_SECONDS, watcher_for
+from apprelease.host.layout import HostLayout, watcher_name
+from apprelease.host.watchers import STOP_MARGIN_SECONDS, watcher_for
 from apprelease.api.models import HostReleaseSpec
 
 pytestmark = pytest.mark.unit

@@ -1,5 +1,6 @@
-"""The host agent: reconciles one host towards its HostRelease specs.
+"""The in-cluster agent: watches its node's HostReleases and drives the host data plane.
 
-Layers: `plan` (pure decisions) <- executors (`builder`, `supervisors`, `proxy`, `users`)
-<- `core` (applies a plan and reports status) <- CLI / in-cluster loop (wiring).
+`cluster` (threads: watch, work queue, resync) decides through `sync` (pure), talks to the
+apiserver through `kube`, and does host work through `..host.core`. `cli` wires the
+`apprelease agent` commands, the standalone ones included.
 """

@@ -30,11 +30,12 @@ from .. import metrics
 from ..api.manifests import ManifestError, load_documents, parse_resource
 from ..api.models import HostRelease
 from ..logs import JsonFormatter
-from . import cluster, core, kube, state
-from .executor import HostExecutor, LocalExecutor
-from .layout import HostLayout, parse_watcher_name
-from .proxy.nginx import Nginx
-from .supervisors import make_supervisor
+from ..host import core, state
+from ..host.executor import HostExecutor, LocalExecutor
+from ..host.layout import HostLayout, parse_watcher_name
+from ..host.proxy.nginx import Nginx
+from ..host.supervisors import make_supervisor
+from . import cluster, kube
 
 DEFAULT_ROOT = "/var/lib/apprelease"
 
@@ -63,6 +64,7 @@ def make_host(args: argparse.Namespace) -> core.Host:
                     default_http_ports=tuple(args.catch_all_port)),
         uv=uv,
         proxy_group=args.proxy_user,
+        recorder=metrics.AgentRecorder(),
     )
 
 

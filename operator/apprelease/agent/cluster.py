@@ -31,9 +31,10 @@ from pydantic import ValidationError
 from .. import metrics
 from ..api.manifests import explain
 from ..api.models import HostRelease, HostReleaseStatus
-from . import core, kube, sync
+from ..host import core
+from ..host.layout import app_key, parse_watcher_name
+from . import kube, sync
 from .kube import FINALIZER, Obj
-from .layout import app_key, parse_watcher_name
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api.models import APP_LABEL, Condition, HostReleaseStatus
-from . import state
-from .layout import app_key
+from ..host import state
+from ..host.layout import app_key
 
 Obj = dict[str, Any]
 READY = "Ready"

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apprelease.agent import core, plan
-from apprelease.agent.layout import app_key, watcher_name
+from apprelease.host import core, plan
+from apprelease.host.layout import app_key, watcher_name
 from support.hosts import SERVER_NAME, make_host, release_for, stop_host
 from support.load import LoadProcess
 from support.nginx import free_port, http_get

@@ -8,7 +8,7 @@
     apps/<ns>_<app>/run/live.sock -> <revision>.sock   what nginx connects to
     apps/<ns>_<app>/logs/                              stdout/stderr of the app's processes
     apps/<ns>_<app>/spec.json                          the last spec applied (for status and resync)
-    apps/<ns>_<app>/state.json                         failed revision, served order, history (agent/state.py)
+    apps/<ns>_<app>/state.json                         failed revision, served order, history (host/state.py)
     supervisor/                                        circusd or supervisord config, state and socket
     nginx/                                             the host's nginx prefix: nginx.conf, conf.d/, logs
     cache/uv                                           uv's shared cache (same filesystem: hardlinks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from apprelease.agent.plan import (
+from apprelease.host.plan import (
     Desired,
     Observed,
     collectable,

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import metrics
 from ..api.models import BuildRecord, HostRelease, HostReleaseSpec, HostReleaseStatus
 from . import builder, health, plan, state, users
 from .executor import LocalExecutor
 from .layout import TMP_PREFIX, AppPaths, HostLayout, app_key, parse_watcher_name, watcher_name
 from .proxy.nginx import Nginx, ProxyConfigRejected
+from .recorder import Recorder, SilentRecorder
 from .supervisors.base import Supervisor
 from .watchers import watcher_for
 
@@ -45,6 +45,7 @@ class Host:
     uv: str | None = None
     proxy_group: str = "www-data"
     settle_seconds: float = 0.5  # connections already queued on the old socket get accepted
+    recorder: Recorder = field(default_factory=SilentRecorder)
 
     def start(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
@@ -178,7 +179,7 @@ class _Apply:
             log.info("%s: %s", self.key, action)
             getattr(self, "do_" + action.kind.replace("-", "_"))(action.target)
             steps.append(Step(str(action), started, time.monotonic() - started))
-            metrics.step_done(action.kind, steps[-1].seconds)  # completed steps only: a failure raised above
+            self.host.recorder.step_done(action.kind, steps[-1].seconds)  # completed steps only: a failure raised above
 
     def do_clean_temp_builds(self, _: str) -> None:
         builder.remove_temp_builds(self.paths)
@@ -193,7 +194,7 @@ class _Apply:
         except builder.BuildFailed as exc:
             raise StepFailed(f"venv build {build_id} failed: {exc}", exc.log_tail) from None
         self.state.last_build = BuildRecord(build_id=result.build_id, reused=result.reused, seconds=round(result.seconds, 3))
-        metrics.venv_ensured(result.seconds, result.reused)
+        self.host.recorder.venv_ensured(result.seconds, result.reused)
 
     def do_start_watcher(self, revision: str) -> None:
         name = watcher_name(self.key, revision)
@@ -210,7 +211,7 @@ class _Apply:
         )
         if result.healthy:
             return
-        metrics.health_check_failed(self.key)
+        self.host.recorder.health_check_failed(self.key)
         tail = log_tail(self.paths, revision, daemon_logs=tuple(self.host.layout.supervisor.glob("*.log")))
         self.host.supervisor.remove(watcher_name(self.key, revision))
         message = f"revision {revision} ({self.spec.version}) failed its health check: {result.detail}"

@@ -2,7 +2,7 @@
 
 Pure: `watcher_for` turns a HostReleaseSpec into the command, user, environment and logs
 of the gunicorn master serving that revision on its own unix socket. The rotation code calls
-it and hands the result to a supervisor backend (`agent.supervisors`), which only knows how
+it and hands the result to a supervisor backend (`host.supervisors`), which only knows how
 to run a WatcherSpec, never how an app release is put together.
 """
 
