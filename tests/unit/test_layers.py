@@ -89,3 +89,25 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path: Path, module: str, lin
     got = sorted(name for name, verdict in verdicts.items() if verdict == "BROKEN")
     want = sorted(name for name in verdicts if any(name.startswith(prefix) for prefix in broken))
     assert got == want, result.stdout
+
+
+def _rooms_in_code() -> set[str]:
+    return {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+
+
+def test_readme_layout_and_design_show_the_rooms_of_the_code():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    design = (ROOT / "docs" / "design.md").read_text()
+    rooms = _rooms_in_code()
+    assert rooms >= {"api", "host", "agent", "controller"}
+    for room in rooms:
+        assert f"operator/apprelease/{room}/" in layout, f"README's layout misses {room}/"
+        assert f"| `{room}/` |" in design, f"docs/design.md's rooms table misses {room}/"
+    listed = {line.split("/")[2] for line in layout.splitlines() if line.startswith("operator/apprelease/") and line.split("/")[2].isidentifier()}
+    assert listed <= rooms | {"templates"}, "README lists a room the code does not have"
+
+
+def test_readme_links_nothing_outside_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    assert "../" not in readme.replace("](docs/", ""), "README links outside the repository"
