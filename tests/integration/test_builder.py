@@ -21,6 +21,7 @@ Aspects covered:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -39,6 +40,8 @@ from apprelease.host import builder
 from apprelease.host.builder import BuildFailed, ensure_release
 from apprelease.host.executor import LocalExecutor
 from apprelease.host.layout import HostLayout
+from apprelease.host.sandbox import BuildIdentity
+from apprelease.host.users import ensure_build_user
 from apprelease.api import identity
 from apprelease.api.models import HostReleaseSpec, Proxy, ReleaseTemplate, Source
 
@@ -46,6 +49,11 @@ pytestmark = pytest.mark.integration
 
 UV = str(Path(sys.executable).with_name("uv"))
 KEY = "default_webxample"
+
+
+@functools.cache
+def build_identity() -> BuildIdentity:
+    return ensure_build_user("default", "webxample")
 
 
 def host_spec(**source: object) -> HostReleaseSpec:
@@ -89,7 +97,7 @@ def layout(tmp_path: Path) -> HostLayout:
 
 def test_uv_build_gives_a_working_venv(layout: HostLayout, package_index: WebxampleIndex) -> None:
     spec = host_spec(requirements=["webxample==2.0.0"], index_url=package_index.url)
-    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV)
+    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
 
     assert (result.build_id, result.reused, result.tool) == (spec.build_id, False, "uv")
     assert result.path == layout.app(KEY).release(spec.build_id)
@@ -116,11 +124,11 @@ def test_existing_release_is_reused_without_running_anything(
     package_index: WebxampleIndex,
 ) -> None:
     spec = host_spec(requirements=["webxample==1.0.0"], index_url=package_index.url)
-    first = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV)
+    first = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
 
     package_index.index.clear_requests()
     executor = LocalExecutor()
-    again = ensure_release(layout, KEY, spec, executor, uv=UV)
+    again = ensure_release(layout, KEY, spec, executor, uv=UV, identity=build_identity())
 
     assert again.reused and again.tool is None and again.path == first.path
     assert executor.log == []
@@ -130,7 +138,7 @@ def test_existing_release_is_reused_without_running_anything(
 
 def test_pip_fallback_builds_a_working_venv(layout: HostLayout, package_index: WebxampleIndex) -> None:
     spec = host_spec(requirements=["webxample==3.0.0"], index_url=package_index.url)
-    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=None)
+    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=None, identity=build_identity())
 
     assert result.tool == "pip" and not result.reused
     assert webxample_version(result) == "3.0.0"
@@ -145,7 +153,7 @@ def test_wheel_url_with_matching_sha256_installs(layout: HostLayout, package_ind
         wheel={"url": package_index.wheel_url("2.0.0"), "sha256": package_index.wheel_sha256("2.0.0")},
         index_url=package_index.url,
     )
-    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV)
+    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
 
     assert webxample_version(result) == "2.0.0"
     assert not (result.path / builder.DOWNLOAD_DIR).exists()
@@ -159,7 +167,7 @@ def test_wheel_url_with_wrong_sha256_fails_and_leaves_nothing(
     spec = host_spec(wheel={"url": package_index.wheel_url("2.0.0"), "sha256": wrong}, index_url=package_index.url)
     executor = LocalExecutor()
     with pytest.raises(BuildFailed) as failure:
-        ensure_release(layout, KEY, spec, executor, uv=UV)
+        ensure_release(layout, KEY, spec, executor, uv=UV, identity=build_identity())
 
     assert f"expected {wrong}" in str(failure.value)
     assert f"got {package_index.wheel_sha256('2.0.0')}" in str(failure.value)
@@ -173,7 +181,7 @@ def test_unsatisfiable_requirement_fails_with_the_resolver_message(
 ) -> None:
     spec = host_spec(requirements=["webxample==9.9.9"], index_url=package_index.url)
     with pytest.raises(BuildFailed) as failure:
-        ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV)
+        ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
 
     assert "webxample==9.9.9" in failure.value.log_tail
     assert "unsatisfiable" in failure.value.log_tail
@@ -186,7 +194,7 @@ def test_missing_interpreter_is_a_clear_failure(layout: HostLayout, package_inde
         update={"python": "3.99"}
     )
     with pytest.raises(BuildFailed, match=r"python3\.99 not found in /usr/local/bin:/usr/bin:/bin"):
-        ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV)
+        ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
     assert release_entries(layout) == []
 
 
@@ -208,13 +216,13 @@ def test_requirements_without_gunicorn_fail(layout: HostLayout, tmp_path: Path) 
     with LocalIndex(tmp_path / "index") as index:
         spec = host_spec(requirements=["nogunicorn==1.0"], index_url=index.url)
         with pytest.raises(BuildFailed, match="the requirements must bring gunicorn"):
-            ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV)
+            ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
     assert release_entries(layout) == []
 
 
 def test_crashed_build_leftovers_are_removed(layout: HostLayout, package_index: WebxampleIndex) -> None:
     spec = host_spec(requirements=["webxample==1.0.0"], index_url=package_index.url)
-    ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV)
+    ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
     app = layout.app(KEY)
     # What a build killed half-way leaves: a temp dir with a partial venv, maybe a record.
     crashed = app.releases / f".tmp-{spec.build_id}-deadbeef"
@@ -231,7 +239,7 @@ def test_gc_removes_old_releases_but_never_current(layout: HostLayout, package_i
     app = layout.app(KEY)
     built = [
         ensure_release(layout, KEY, host_spec(requirements=[f"webxample=={v}"], index_url=package_index.url),
-                       LocalExecutor(), uv=UV).build_id
+                       LocalExecutor(), uv=UV, identity=build_identity()).build_id
         for v in ("1.0.0", "2.0.0", "3.0.0")
     ]  # fmt: skip
     os.symlink(Path("releases") / built[0], app.current)  # rolled back to the oldest
@@ -263,7 +271,7 @@ def test_venv_is_root_owned_and_read_only_for_the_app_user(
     spec = host_spec(requirements=["webxample==1.0.0"], index_url=package_index.url)
     old_umask = os.umask(0o000)  # the builder must not depend on the agent's umask
     try:
-        result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV)
+        result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
     finally:
         os.umask(old_umask)
 

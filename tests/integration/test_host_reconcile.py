@@ -197,7 +197,7 @@ def test_crash_between_rotation_steps_converges(short_tmp, package_index, backen
             plan.Desired(release.spec.build_id, release.spec.revision, release.spec.user, site), observed)
         assert len(rotation.actions) >= crash_after
         # the agent dies after `crash_after` steps: only those ran
-        core._Apply(host, key, release.spec, site, app_state).run(rotation.actions[:crash_after], [])
+        core._Apply(host, key, release.spec, site, app_state, "default").run(rotation.actions[:crash_after], [])
         assert served_version(port) in ("1.0.0", "2.0.0")  # serving throughout
         result = core.reconcile(host, release)
         assert result.status.phase == "Ready", result.status.message

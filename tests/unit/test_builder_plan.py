@@ -4,7 +4,12 @@ Aspects covered:
 - the build environment drops the host's pip/uv/Python settings and blinds pip's config files;
 - the interpreter is looked for only in the given directories, in order (never $PATH);
 - the uv and pip command lines: config ignored, explicit cache, optional index, wheel first;
-- a wheel URL must name a .whl file.
+- a wheel URL must name a .whl file;
+- uv copies into the venv (never hardlinks from the build user's cache); wheels-only installs;
+- the packages uv names when only a source distribution exists under --only-binary;
+- the sandbox's command line: the build user, no groups or capabilities, no_new_privs, fresh
+  PID and mount namespaces, and the paths carried into its private /tmp; never uid 0;
+- the log shows the command the build ran, not the sandbox around it.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from apprelease.host.builder import (
     clean_build_env,
     install_command,
     interpreter_candidates,
+    sdist_only_packages,
+    unconfined,
     venv_command,
     wheel_filename,
 )
+from apprelease.host.sandbox import BuildIdentity, carried, confine
 
 pytestmark = pytest.mark.unit
 
@@ -100,3 +108,52 @@ def test_wheel_filename(url: str, name: str | None) -> None:
             wheel_filename(url)
     else:
         assert wheel_filename(url) == name
+
+
+def test_uv_copies_files_into_the_venv_and_may_refuse_sdists() -> None:
+    common = dict(uv="/bin/uv", cache_dir=Path("/c"), index_url=None, wheel_file=None, requirements=["a"])
+    argv = install_command("uv", Path("/v"), **common)
+    assert argv[argv.index("--link-mode") + 1] == "copy"
+    assert "--only-binary" not in argv
+    strict = install_command("uv", Path("/v"), only_binary=True, **common)
+    assert strict[strict.index("--only-binary") + 1] == ":all:"
+    pip = install_command("pip", Path("/v"), only_binary=True, **{**common, "uv": None})
+    assert pip[pip.index("--only-binary") + 1] == ":all:"
+
+
+@pytest.mark.parametrize(("output", "names"), [
+    ("Because evilpkg==1.0 has no usable wheels and you require evilpkg==1.0, we can conclude ...", ["evilpkg"]),
+    ("hint: Wheels are required for `evil-pkg` because building from source is disabled", ["evil-pkg"]),
+    ("Because a.b has no wheels and ...\nhint: Wheels are required for `a.b` because ...", ["a.b"]),
+    ("No solution found: Because webxample==9 was not found in the package registry ...", []),
+], ids=["because", "hint", "both-once", "not-found"])
+def test_packages_without_wheels_are_named(output: str, names: list[str]) -> None:
+    assert sdist_only_packages(output) == names
+
+
+IDENTITY = BuildIdentity("arb-0123456789ab", 990, 991)
+
+
+def test_the_sandbox_drops_to_the_build_user_in_fresh_namespaces() -> None:
+    argv = confine(["/bin/uv", "pip", "install", "x"], IDENTITY, [Path("/var/lib/a/b"), Path("/tmp/r/x")])
+    assert argv[:1] == ["unshare"] and {"--pid", "--fork", "--kill-child", "--mount-proc"} <= set(argv)
+    setpriv = argv[argv.index("setpriv"):]
+    assert {"--reuid=990", "--regid=991", "--clear-groups", "--no-new-privs", "--inh-caps=-all"} <= set(setpriv)
+    # Only what a private tmpfs would hide is carried, and it comes as an argument, not as script text.
+    script_args = argv[argv.index("apprelease-build") + 1:argv.index("setpriv")]
+    assert script_args == ["/tmp/r/x", "--"]
+    assert "/tmp/r/x" not in argv[argv.index("-c") + 1]
+    assert unconfined(argv) == ["/bin/uv", "pip", "install", "x"]
+    assert unconfined(["/bin/uv", "venv"]) == ["/bin/uv", "venv"]
+
+
+@pytest.mark.parametrize("identity", [BuildIdentity("root", 0, 0), BuildIdentity("x", 990, 0)], ids=["uid0", "gid0"])
+def test_the_sandbox_never_runs_as_root(identity: BuildIdentity) -> None:
+    with pytest.raises(ValueError, match="uid/gid 0"):
+        confine(["true"], identity)
+
+
+def test_carried_paths() -> None:
+    assert carried([Path("/var/lib/x"), Path("/tmp"), Path("/var/tmp/a/b"), Path("/tmpfoo")]) == ["/tmp", "/var/tmp/a/b"]
+    with pytest.raises(ValueError, match="/dev/shm"):
+        carried([Path("/dev/shm/x")])

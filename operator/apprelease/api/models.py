@@ -86,6 +86,10 @@ class Source(Model):
     )
     index_url: checked(rules.URL, "Package index (PEP 503 simple API) to install from.") | None = None
     wheel: Wheel | None = Field(default=None, description="A wheel installed by URL, checked by sha256.")
+    only_binary: bool | None = Field(
+        default=None,
+        description="Install wheels only (no source distributions): no package code runs at build time.",
+    )
 
     @model_validator(mode="after")
     def _needs_something(self) -> Source:

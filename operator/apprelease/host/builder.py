@@ -11,7 +11,10 @@ renames to a `.tmp-` name first. So an existing release directory is reused with
 anything, which is what makes a rollback take about a second.
 
 Builds ignore the host's pip/uv configuration (config files and PIP_*/UV_* variables) so the
-same spec builds the same venv on every host. Apps run as `<venv>/bin/python -m gunicorn`,
+same spec builds the same venv on every host. Every command that may run package code runs
+confined as the app's build user (`sandbox.confine`), writing only its temp build dir and the
+app's own cache; the agent then seals the result (root-owned, read-only for everyone else)
+before renaming it into place. Apps run as `<venv>/bin/python -m gunicorn`,
 never through console-script shebangs, which is why a venv built under a temp name stays
 valid after the rename.
 
@@ -26,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -45,6 +49,7 @@ from ..api.models import HostReleaseSpec
 from .executor import CommandFailed, LocalExecutor
 from .files import fsync_dir
 from .layout import TMP_PREFIX, AppPaths, HostLayout
+from .sandbox import BuildIdentity, confine
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +59,17 @@ DEFAULT_PYTHON_SEARCH_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 LOG_TAIL_LINES = 30
 RELEASE_RECORD = "release.json"
 DOWNLOAD_DIR = "download"
+BUILD_HOME = ".home"  # HOME of the build user during a build; removed before sealing
 # Environment variables that would make a build depend on the host rather than the spec.
 AMBIENT_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
 # Printed by each candidate interpreter: proves it runs (as root, here) and tells its version.
 PROBE = "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.python_version())"
 GUNICORN_PROBE = "import gunicorn; print(gunicorn.__version__)"
+# How uv says a package has only a source distribution while builds from source are off
+# (`--only-binary :all:`): "Because evilpkg==1.0 has no usable wheels …" and "Wheels are
+# required for `evilpkg` …". pip's message does not tell this from a missing package.
+_SDIST_ONLY = re.compile(r"Because ([A-Za-z0-9][A-Za-z0-9._-]*?)(?:[=<>!~ ]\S*)? has no (?:usable )?wheels|"
+                         r"Wheels are required for `([^`]+)`")
 
 
 class BuildFailed(RuntimeError):
@@ -131,6 +142,7 @@ def install_command(
     index_url: str | None,
     wheel_file: Path | None,
     requirements: Sequence[str],
+    only_binary: bool = False,
 ) -> list[str]:
     """The one install command; without an index URL the tool's default index (PyPI) is used."""
     python = str(venv / "bin" / "python")
@@ -139,9 +151,14 @@ def install_command(
         argv = [uv, "pip", "install", "--no-config", "--python", python, "--cache-dir", str(cache_dir)]
         # Compile now: the app's user cannot write __pycache__ into the root-owned venv.
         argv += ["--compile-bytecode", "--no-progress"]
+        # Copies, not hardlinks: a hardlinked file is the cache's inode, which the build user
+        # could rewrite after the agent sealed the venv (and sealing would chown the cache).
+        argv += ["--link-mode", "copy"]
     else:
         argv = [python, "-m", "pip", "install", "--isolated", "--no-input", "--disable-pip-version-check"]
         argv += ["--no-warn-script-location", "--progress-bar", "off", "--cache-dir", str(cache_dir)]
+    if only_binary:
+        argv += ["--only-binary", ":all:"]
     if index_url:
         argv += ["--index-url", index_url]
     if wheel_file is not None:
@@ -203,14 +220,16 @@ def ensure_release(
     executor: LocalExecutor,
     *,
     uv: str | None,
+    identity: BuildIdentity | None,
     python_search_path: Sequence[str] = DEFAULT_PYTHON_SEARCH_PATH,
     timeout: float = 900,
 ) -> BuildResult:
     """Make sure `releases/<spec.build_id>` exists and is complete; build it if not.
 
-    With `uv` (path of the uv binary) the venv is made by uv with the shared cache
-    `layout.uv_cache`; with `uv=None` by `python -m venv` and pip. Raises `BuildFailed`,
-    leaving no trace in `releases/` but uv's and pip's caches.
+    With `uv` (path of the uv binary) the venv is made by uv with the app's own cache
+    (`cache/uv` under the app); with `uv=None` by `python -m venv` and pip. Both run as
+    `identity`, the app's build user. Raises `BuildFailed`, leaving no trace in `releases/`
+    but the app's cache.
     """
     started = time.monotonic()
     paths = layout.app(key)
@@ -218,22 +237,28 @@ def ensure_release(
     final = paths.release(build_id)
     if final.is_dir():
         return BuildResult(build_id, final, True, time.monotonic() - started, None, "")
+    if identity is None:
+        raise ValueError("a build needs a build identity (users.ensure_build_user): builds never run as root")
 
     tool: Tool = "uv" if uv else "pip"
+    if uv:
+        uv = tool_for_build_users(layout, uv)
     started_at = _now()
     _make_dirs(paths.releases)
     tmp = paths.releases / f"{TMP_PREFIX}{build_id}-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
-    os.chmod(tmp, 0o755)
+    os.mkdir(tmp, 0o700)
     build_log = _BuildLog()
     try:
+        os.chown(tmp, identity.uid, identity.gid)
         interpreter = _build_into(
-            tmp, layout, spec, executor, build_log, uv=uv, search_path=python_search_path, timeout=timeout
+            tmp, paths, spec, executor, build_log, uv=uv, identity=identity, search_path=python_search_path,
+            timeout=timeout,
         )
         record = release_document(
             spec,
             tool,
             interpreter,
+            built_as=identity.user,
             started_at=started_at,
             finished_at=_now(),
             seconds=time.monotonic() - started,
@@ -249,21 +274,26 @@ def ensure_release(
 
 def _build_into(
     tmp: Path,
-    layout: HostLayout,
+    paths: AppPaths,
     spec: HostReleaseSpec,
     executor: LocalExecutor,
     build_log: _BuildLog,
     *,
     uv: str | None,
+    identity: BuildIdentity,
     search_path: Sequence[str],
     timeout: float,
 ) -> Interpreter:
     build_id = spec.build_id
     tool: Tool = "uv" if uv else "pip"
     env = clean_build_env(os.environ)
-    cache_dir = layout.uv_cache if tool == "uv" else layout.pip_cache
-    _make_dirs(cache_dir)
+    # The interpreter probe runs the host's python, not the tenant's code: root may run it.
     interpreter = find_interpreter(spec.python, search_path, executor, env, build_id=build_id)
+    env["HOME"] = str(tmp / BUILD_HOME)
+    env.pop("TMPDIR", None)  # the sandbox's private /tmp
+    _make_owned_dir(paths.build_cache, identity)
+    _make_owned_dir(tmp / BUILD_HOME, identity)
+    cache_dir = paths.build_cache / tool
     build_log.note(f"interpreter {interpreter.path} (Python {interpreter.full})")
 
     wheel_file = None
@@ -283,12 +313,17 @@ def _build_into(
             index_url=spec.source.index_url,
             wheel_file=wheel_file,
             requirements=spec.source.requirements or [],
+            only_binary=bool(spec.source.only_binary),
         ),
     ]
+    visible = [tmp, paths.build_cache, *([Path(uv).parent] if uv else [])]
     for argv in commands:
-        _run_step(executor, argv, env, build_log, build_id=build_id, tool=tool, timeout=timeout)
+        _run_step(executor, confine(argv, identity, visible), env, build_log, build_id=build_id, tool=tool, timeout=timeout,
+                  only_binary=bool(spec.source.only_binary))
 
-    gunicorn = executor.run([str(venv / "bin" / "python"), "-c", GUNICORN_PROBE], env=env, check=False, timeout=60)
+    # Importing runs the venv's code (.pth files, gunicorn's __init__): confined too.
+    probe = confine([str(venv / "bin" / "python"), "-c", GUNICORN_PROBE], identity, visible)
+    gunicorn = executor.run(probe, env=env, check=False, timeout=60)
     build_log.note(f"gunicorn {gunicorn.stdout.strip()}" if gunicorn.returncode == 0 else "gunicorn not importable")
     if gunicorn.returncode != 0:
         raise BuildFailed(
@@ -298,6 +333,7 @@ def _build_into(
             tail(gunicorn.stdout),
         )
 
+    seal(tmp)
     if wheel_file is not None:
         shutil.rmtree(tmp / DOWNLOAD_DIR)
     site_packages = Path("venv") / "lib" / f"python{interpreter.minor}" / "site-packages"
@@ -318,20 +354,26 @@ def _run_step(
     build_id: str,
     tool: Tool,
     timeout: float,
+    only_binary: bool = False,
 ) -> None:
+    shown = unconfined(argv)
     try:
         proc = executor.run(argv, env=env, timeout=timeout)
     except CommandFailed as exc:
-        build_log.add(argv, exc.output)
-        reason = f"{tool}: {Path(argv[0]).name} exited with {exc.returncode}"
+        build_log.add(shown, exc.output)
+        reason = f"{tool}: {Path(shown[0]).name} exited with {exc.returncode}"
+        sdists = sdist_only_packages(exc.output) if only_binary else []
+        if sdists:
+            reason = (f"source.onlyBinary is set but {', '.join(sdists)} has no wheel for this host "
+                      "(only a source distribution, whose build would run its code): publish a wheel or unset onlyBinary")
         raise BuildFailed(build_id, reason, build_log.tail()) from exc
     except subprocess.TimeoutExpired as exc:
         output = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
-        build_log.add(argv, output)
+        build_log.add(shown, output)
         raise BuildFailed(build_id, f"{tool}: timed out after {timeout:g}s", build_log.tail()) from exc
     except FileNotFoundError as exc:
         raise BuildFailed(build_id, f"{tool}: {argv[0]} not found") from exc
-    build_log.add(argv, proc.stdout)
+    build_log.add(shown, proc.stdout)
 
 
 def find_interpreter(
@@ -387,6 +429,71 @@ def download_wheel(url: str, sha256: str, directory: Path, *, build_id: str, tim
     return target
 
 
+def unconfined(argv: Sequence[str]) -> list[str]:
+    """The command a confined argv runs (what the build log shows), without the sandbox prefix."""
+    argv = list(argv)
+    return argv[argv.index("--", argv.index("setpriv")) + 1:] if "setpriv" in argv else argv
+
+
+def sdist_only_packages(output: str) -> list[str]:
+    """Packages uv/pip could not install because only a source distribution exists (with --only-binary)."""
+    found = []
+    for match in _SDIST_ONLY.finditer(output):
+        name = match.group(1) or match.group(2)
+        if name not in found:
+            found.append(name)
+    return found
+
+
+def tool_for_build_users(layout: HostLayout, tool: str) -> str:
+    """`tool` where a build user can run it: in place when every directory above it lets
+    others through, else a root-owned copy under the agent root (e.g. an agent run from a
+    checkout under root's 0700 home), refreshed when the original changes."""
+    source = Path(tool).resolve()
+    if all(d.stat().st_mode & 0o001 for d in source.parents) and source.stat().st_mode & 0o001:
+        return str(source)
+    target = layout.tools / source.name
+    src_stat = source.stat()
+    try:
+        current = target.stat()
+        if (current.st_size, int(current.st_mtime)) == (src_stat.st_size, int(src_stat.st_mtime)):
+            return str(target)
+    except FileNotFoundError:
+        pass
+    _make_dirs(layout.tools)
+    staging = layout.tools / f".{source.name}.{secrets.token_hex(4)}"
+    shutil.copy2(source, staging)
+    os.chmod(staging, 0o755)
+    os.replace(staging, target)
+    return str(target)
+
+
+def _make_owned_dir(path: Path, identity: BuildIdentity) -> None:
+    """A directory only the build user (and root) may enter; created, or re-owned as a whole
+    when it belonged to another uid (a build user deleted and made again)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.lstat().st_uid != identity.uid:
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in [*dirnames, *filenames]:
+                os.lchown(os.path.join(dirpath, name), identity.uid, identity.gid)
+    os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
+    os.chmod(path, 0o700)
+
+
+def seal(top: Path) -> None:
+    """Make a finished build root's own: the build user loses every way to change it.
+
+    Runs after the build's PID namespace is gone (nothing of the build runs any more). The
+    build user's HOME goes first; lchown never follows a symlink the build may have planted.
+    """
+    shutil.rmtree(top / BUILD_HOME, ignore_errors=True)
+    for dirpath, dirnames, filenames in os.walk(top):
+        os.lchown(dirpath, 0, 0)
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), 0, 0)
+    normalize_modes(top)
+
+
 def normalize_modes(top: Path) -> None:
     """Root-owned tree readable by all, writable by its owner only: dirs 0755, files 0644/0755.
 
@@ -410,6 +517,7 @@ def release_document(
     tool: Tool,
     interpreter: Interpreter,
     *,
+    built_as: str,
     started_at: str,
     finished_at: str,
     seconds: float,
@@ -422,6 +530,7 @@ def release_document(
         "tool": tool,
         "python": interpreter.full,
         "interpreter": str(interpreter.path),
+        "builtAs": built_as,
         "startedAt": started_at,
         "finishedAt": finished_at,
         "seconds": round(seconds, 3),

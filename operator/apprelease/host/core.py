@@ -168,8 +168,8 @@ class _Apply:
     """Performs one plan's actions for one app, in order; the first failure stops it."""
 
     def __init__(self, host: Host, key: str, spec: HostReleaseSpec | None = None, site: str = "",
-                 app_state: state.AppState | None = None):
-        self.host, self.key, self.spec, self.site = host, key, spec, site
+                 app_state: state.AppState | None = None, namespace: str | None = None):
+        self.host, self.key, self.spec, self.site, self.namespace = host, key, spec, site, namespace
         self.state = app_state or state.AppState()
         self.paths = host.layout.app(key)
 
@@ -190,9 +190,16 @@ class _Apply:
 
     def do_ensure_release(self, build_id: str) -> None:
         try:
-            result = builder.ensure_release(self.host.layout, self.key, self.spec, self.host.executor, uv=self.host.uv)
+            identity = None
+            if not self.paths.release(build_id).is_dir():  # a reuse runs nothing: no build user needed
+                assert self.namespace is not None, "a build needs the app's namespace (its build user)"
+                identity = users.ensure_build_user(self.namespace, self.spec.app, self.host.executor)
+            result = builder.ensure_release(self.host.layout, self.key, self.spec, self.host.executor,
+                                            uv=self.host.uv, identity=identity)
         except builder.BuildFailed as exc:
             raise StepFailed(f"venv build {build_id} failed: {exc}", exc.log_tail) from None
+        except users.UnsafeUser as exc:
+            raise StepFailed(f"venv build {build_id} refused: {exc}") from None
         self.state.last_build = BuildRecord(build_id=result.build_id, reused=result.reused, seconds=round(result.seconds, 3))
         self.host.recorder.venv_ensured(result.seconds, result.reused)
 
@@ -279,7 +286,7 @@ def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None) ->
     error: StepFailed | None = None
     paths.base.mkdir(parents=True, exist_ok=True)
     try:
-        _Apply(host, key, spec, site, app_state).run(the_plan.actions, result.steps)
+        _Apply(host, key, spec, site, app_state, namespace).run(the_plan.actions, result.steps)
     except StepFailed as exc:
         error = exc
         log.warning("%s: %s", key, exc)

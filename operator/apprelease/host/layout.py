@@ -7,12 +7,12 @@
     apps/<ns>_<app>/run/<revision>.sock                gunicorn's socket, one per running revision
     apps/<ns>_<app>/run/live.sock -> <revision>.sock   what nginx connects to
     apps/<ns>_<app>/logs/                              stdout/stderr of the app's processes
+    apps/<ns>_<app>/cache/{uv,pip}                     the app's build cache, owned by its build user (0700)
     apps/<ns>_<app>/spec.json                          the last spec applied (for status and resync)
     apps/<ns>_<app>/state.json                         failed revision, served order, history (host/state.py)
     supervisor/                                        circusd or supervisord config, state and socket
     nginx/                                             the host's nginx prefix: nginx.conf, conf.d/, logs
-    cache/uv                                           uv's shared cache (same filesystem: hardlinks)
-    cache/pip                                          pip's cache, used only when uv is absent
+    tools/uv                                           uv for build users, if the agent's is out of their reach
 
 Pure path arithmetic: nothing here touches the filesystem.
 """
@@ -88,6 +88,11 @@ class AppPaths:
         return self.logs / f"{revision}.{stream}.log"
 
     @property
+    def build_cache(self) -> Path:
+        """This app's own uv/pip cache, owned by its build user: never shared with another app."""
+        return self.base / "cache"
+
+    @property
     def spec_file(self) -> Path:
         return self.base / "spec.json"
 
@@ -123,13 +128,9 @@ class HostLayout:
         return self.nginx_sites / f"{key}.conf"
 
     @property
-    def uv_cache(self) -> Path:
-        return self.root / "cache" / "uv"
-
-    @property
-    def pip_cache(self) -> Path:
-        """pip's cache for the fallback builder (no uv), beside uv's."""
-        return self.root / "cache" / "pip"
+    def tools(self) -> Path:
+        """Root-owned copies of tools build users run (uv), when the agent's own copy is out of their reach."""
+        return self.root / "tools"
 
     @property
     def secrets(self) -> Path:

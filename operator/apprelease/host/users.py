@@ -1,8 +1,11 @@
-"""App users and the directories they may touch.
+"""App users, build users, and the directories they may touch.
 
 Called by the agent before it starts a revision: `ensure_user` makes the app's dedicated
 system user if it is missing, `prepare_app_dirs` sets owners and modes under the app's
-directory so that only the app and nginx's workers can reach its sockets. Users and groups
+directory so that only the app and nginx's workers can reach its sockets. Before a build,
+`ensure_build_user` makes the app's build user (`sandbox.py` says why builds never run as
+root or as the app user). Every account apprelease creates records the (namespace, app) it
+belongs to in its GECOS field, so the host itself says whose it is. Users and groups
 are looked up with `getent` through the executor, because in the DaemonSet the host's
 /etc/passwd is not the agent container's. Files are touched directly: the agent root is
 mounted at the same path.
@@ -10,12 +13,14 @@ mounted at the same path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from ..api import rules
 from .executor import LocalExecutor
 from .layout import AppPaths
+from .sandbox import BuildIdentity
 
 # getent's exit code for "no such entry".
 _GETENT_NOT_FOUND = 2
@@ -23,6 +28,23 @@ _GETENT_NOT_FOUND = 2
 
 class UnsafeUser(ValueError):
     """An app was asked to run as root (or as a user that is root in disguise)."""
+
+
+def owner_comment(role: str, namespace: str, app: str) -> str:
+    """The GECOS field of an account apprelease made: its role and the app it belongs to.
+
+    No ':' or ',' (passwd's separators); namespace and app are DNS labels, so none can occur.
+    """
+    return f"apprelease {role} {namespace}/{app}"
+
+
+def build_user_name(namespace: str, app: str) -> str:
+    """The build user of (namespace, app): `arb-` + 12 hex digits, within useradd's 32 chars."""
+    return "arb-" + hashlib.sha256(f"{namespace}/{app}".encode()).hexdigest()[:12]
+
+
+def _passwd(name: str, executor: LocalExecutor) -> list[str] | None:
+    return _getent("passwd", name, executor)
 
 
 def _getent(database: str, name: str, executor: LocalExecutor) -> list[str] | None:
@@ -69,6 +91,27 @@ def ensure_user(name: str, executor: LocalExecutor | None = None) -> tuple[int, 
             raise RuntimeError(f"useradd {name} exited with {proc.returncode}: {proc.stdout.strip()}")
     _refuse_root(name, ids)
     return ids
+
+
+def ensure_build_user(namespace: str, app: str, executor: LocalExecutor | None = None) -> BuildIdentity:
+    """The build user of (namespace, app), created if missing; refused if the name is someone else's."""
+    executor = executor or LocalExecutor()
+    name, comment = build_user_name(namespace, app), owner_comment("build", namespace, app)
+    entry = _passwd(name, executor)
+    if entry is None:
+        proc = executor.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
+             "--comment", comment, name],
+            check=False, timeout=60,
+        )  # fmt: skip
+        entry = _passwd(name, executor)
+        if entry is None:
+            raise RuntimeError(f"useradd {name} exited with {proc.returncode}: {proc.stdout.strip()}")
+    if entry[4] != comment:
+        raise UnsafeUser(f"build user {name!r} exists but is not {namespace}/{app}'s ({entry[4]!r}): refusing to build as it")
+    uid, gid = int(entry[2]), int(entry[3])
+    _refuse_root(name, (uid, gid))
+    return BuildIdentity(name, uid, gid)
 
 
 def _own(path: Path, uid: int, gid: int, mode: int) -> None:
