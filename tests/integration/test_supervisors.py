@@ -67,7 +67,7 @@ def tiny_venv() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def app_ids() -> tuple[int, int]:
-    return ensure_user(USER)
+    return ensure_user(USER, namespace="itest", app="supervisors")
 
 
 @pytest.fixture(params=KINDS)

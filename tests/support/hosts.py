@@ -49,9 +49,13 @@ def stop_host(host: core.Host) -> None:
 
 def app_release(index_url: str, version: str, *, port: int, name: str = "webxample", namespace: str = "default",
                 fail_health: bool = False, health_timeout: int = 20, limit: int = 5,
-                requirements: list[str] | None = None, graceful: int = 10, **proxy: object) -> AppRelease:
+                requirements: list[str] | None = None, graceful: int = 10, user: str | None = None,
+                **proxy: object) -> AppRelease:
+    """The example at `version`; its user derived from namespace and app unless `user` is given,
+    so tests in different namespaces never ask for the same account."""
     spec = {
-        **EXAMPLE["spec"],
+        **{k: v for k, v in EXAMPLE["spec"].items() if k != "user"},
+        **({"user": user} if user else {}),
         "version": version,
         "source": {"requirements": requirements or [f"webxample=={version}"], "indexUrl": index_url},
         "env": [{"name": "WEBXAMPLE_GREETING", "value": "hi"}]

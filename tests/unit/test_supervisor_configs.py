@@ -251,6 +251,7 @@ class FakeGetent:
     [
         pytest.param("root", "root:x:0:0::/root:/bin/sh", id="root-by-name"),
         pytest.param("toor", "toor:x:0:0::/root:/bin/sh", id="uid-0-alias"),
+        pytest.param("toor", "toor:x:0:0:apprelease app ns/web:/root:/bin/sh", id="uid-0-recorded-as-ours"),
     ],
 )
 def test_apps_never_run_as_root(name: str, entry: str) -> None:
@@ -258,5 +259,6 @@ def test_apps_never_run_as_root(name: str, entry: str) -> None:
 
     executor = FakeGetent(entry)
     with pytest.raises(UnsafeUser):
-        ensure_user(name, executor)  # type: ignore[arg-type]
+        # even when an admin allowed the account for the namespace
+        ensure_user(name, executor, namespace="ns", app="web", allowed_existing=frozenset({name}))  # type: ignore[arg-type]
     assert not any(argv[0] == "useradd" for argv in executor.log)

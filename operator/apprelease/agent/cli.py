@@ -48,6 +48,9 @@ def add_host_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catch-all-port", type=int, action="append", default=[],
                         help="ports where unknown Host headers get 404 instead of the first app (e.g. 80)")
     parser.add_argument("--no-uv", action="store_true", help="build venvs with python -m venv + pip")
+    parser.add_argument("--allow-existing-user", action="append", default=[], metavar="NAMESPACE:USER",
+                        type=_namespace_user,
+                        help="let apps of NAMESPACE run as USER although apprelease did not create it (repeatable)")
     parser.add_argument("--host-namespaces", action="store_true",
                         help="run host commands through nsenter -t 1 (the agent in a DaemonSet pod)")
 
@@ -65,7 +68,22 @@ def make_host(args: argparse.Namespace) -> core.Host:
         uv=uv,
         proxy_group=args.proxy_user,
         recorder=metrics.AgentRecorder(),
+        allowed_users=allowed_users(args.allow_existing_user),
     )
+
+
+def _namespace_user(value: str) -> tuple[str, str]:
+    namespace, sep, user = value.partition(":")
+    if not sep or not namespace or not user:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAMESPACE:USER, e.g. shop:legacy-app")
+    return namespace, user
+
+
+def allowed_users(pairs: list[tuple[str, str]]) -> dict[str, frozenset[str]]:
+    out: dict[str, set[str]] = {}
+    for namespace, user in pairs:
+        out.setdefault(namespace, set()).add(user)
+    return {namespace: frozenset(users) for namespace, users in out.items()}
 
 
 def _venv_uv() -> str | None:

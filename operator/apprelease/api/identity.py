@@ -20,6 +20,21 @@ def _digest(payload: dict[str, Any], length: int) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
+def default_user(namespace: str, app: str) -> str:
+    """The app user when spec.user is empty: readable, and distinct for every (namespace, app).
+
+    `ar-` + the app name cut to 19 characters + `-` + 8 hex digits of sha256("<ns>/<app>"):
+    at most 31 characters, a valid POSIX name even when the app name starts with a digit.
+    """
+    digest = hashlib.sha256(f"{namespace}/{app}".encode()).hexdigest()[:8]
+    return f"ar-{app[:19]}-{digest}"
+
+
+def with_user(spec: ReleaseTemplate, namespace: str, app: str) -> ReleaseTemplate:
+    """`spec` with its user resolved: what every host runs and what the revision hashes."""
+    return spec if spec.user else spec.model_copy(update={"user": default_user(namespace, app)})
+
+
 def build_inputs(spec: ReleaseTemplate) -> dict[str, Any]:
     return {"python": spec.python, "source": spec.source.wire()}
 

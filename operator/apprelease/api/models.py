@@ -239,7 +239,11 @@ class ReleaseTemplate(Model):
         description="Environment of the app processes.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    user: checked(rules.POSIX_USER, "Dedicated unprivileged user the app runs as (never root).")
+    user: checked(
+        rules.POSIX_USER,
+        "Dedicated unprivileged user the app runs as (never root, never an account apprelease did not "
+        "create for this namespace and app). Empty: derived from namespace and app (ar-<app>-<hash>).",
+    ) | None = None
     proxy: Proxy
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     revision_history_limit: int = Field(
@@ -266,6 +270,7 @@ class HostReleaseSpec(ReleaseTemplate):
 
     app: checked(rules.DNS_LABEL, "Name of the AppRelease this host release belongs to.")
     node: checked(rules.DNS_SUBDOMAIN, "Node (host) that runs this release.")
+    user: checked(rules.POSIX_USER, "The app's user on the host: spec.user, or the one derived from namespace and app.")
     build_id: checked(rules.DNS_LABEL, "Hash of the venv inputs; same inputs reuse the same venv.")
     revision: checked(rules.DNS_LABEL, "Hash of buildId and runtime config; a new one means new workers.")
 

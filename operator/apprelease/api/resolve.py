@@ -16,10 +16,11 @@ def host_release_name(app: str, node: str) -> str:
     return f"{app}-{node}"
 
 
-def host_release_spec(app: str, node: str, spec: AppReleaseSpec) -> HostReleaseSpec:
-    template = {name: getattr(spec, name) for name in _TEMPLATE_FIELDS}
+def host_release_spec(namespace: str, app: str, node: str, spec: AppReleaseSpec) -> HostReleaseSpec:
+    resolved = identity.with_user(spec, namespace, app)
+    template = {name: getattr(resolved, name) for name in _TEMPLATE_FIELDS}
     return HostReleaseSpec(
-        **template, app=app, node=node, build_id=identity.build_id(spec), revision=identity.revision(spec)
+        **template, app=app, node=node, build_id=identity.build_id(resolved), revision=identity.revision(resolved)
     )
 
 
@@ -31,5 +32,5 @@ def host_release(app: AppRelease, node: str) -> HostRelease:
             namespace=meta.namespace,
             labels={NODE_LABEL: node, APP_LABEL: meta.name},
         ),
-        spec=host_release_spec(meta.name, node, app.spec),
+        spec=host_release_spec(meta.namespace, meta.name, node, app.spec),
     )

@@ -78,7 +78,7 @@ def reconcile_app_release(
 
     spec = app.spec
     nodes = api.list_node_names(spec.hosts.node_selector)
-    desired = {node: resolve.host_release_spec(name, node, spec).wire() for node in nodes}
+    desired = {node: resolve.host_release_spec(namespace, name, node, spec).wire() for node in nodes}
     before = [host_view(o) for o in api.list_host_releases(namespace, name)]
     step = plan.next_step(desired, before, spec.strategy.max_unavailable, spec.paused)
     released = _release_orphans(api, namespace, before)
@@ -88,7 +88,7 @@ def reconcile_app_release(
     rollout = status.Rollout(
         generation=generation,
         version=spec.version,
-        revision=identity.revision(spec),
+        revision=identity.revision(identity.with_user(spec, namespace, name)),
         build_id=identity.build_id(spec),
         desired=desired,
         hosts=after,

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,8 @@ class Host:
     proxy_group: str = "www-data"
     settle_seconds: float = 0.5  # connections already queued on the old socket get accepted
     recorder: Recorder = field(default_factory=SilentRecorder)
+    # namespace -> accounts apprelease did not create that the host's admin lets its apps use
+    allowed_users: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def start(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
@@ -185,8 +187,14 @@ class _Apply:
         builder.remove_temp_builds(self.paths)
 
     def do_ensure_user(self, user: str) -> None:
-        users.ensure_user(user)
-        users.prepare_app_dirs(self.paths, user, self.host.proxy_group)
+        assert self.namespace is not None and self.spec is not None
+        try:
+            users.ensure_user(user, self.host.executor, namespace=self.namespace, app=self.spec.app,
+                              allowed_existing=self.host.allowed_users.get(self.namespace, frozenset()),
+                              reserved=frozenset({self.host.proxy_group}))
+        except users.UnsafeUser as exc:
+            raise StepFailed(f"refused: {exc}") from None
+        users.prepare_app_dirs(self.paths, user, self.host.proxy_group, self.host.executor)
 
     def do_ensure_release(self, build_id: str) -> None:
         try:
@@ -326,4 +334,7 @@ def remove(host: Host, namespace: str, app: str) -> plan.Plan:
     observed = observe(host, key, state.AppState(), serving_next=None, limit=1)
     the_plan = plan.plan_removal(observed)
     _Apply(host, key).run(the_plan.actions, [])
+    removed = users.remove_accounts(namespace, app, host.executor)
+    if removed:
+        log.info("%s: removed accounts %s", key, ", ".join(removed))
     return the_plan

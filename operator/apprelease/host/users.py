@@ -30,12 +30,15 @@ class UnsafeUser(ValueError):
     """An app was asked to run as root (or as a user that is root in disguise)."""
 
 
+OWNER_PREFIX = "apprelease "
+
+
 def owner_comment(role: str, namespace: str, app: str) -> str:
     """The GECOS field of an account apprelease made: its role and the app it belongs to.
 
     No ':' or ',' (passwd's separators); namespace and app are DNS labels, so none can occur.
     """
-    return f"apprelease {role} {namespace}/{app}"
+    return f"{OWNER_PREFIX}{role} {namespace}/{app}"
 
 
 def build_user_name(namespace: str, app: str) -> str:
@@ -74,23 +77,75 @@ def _refuse_root(name: str, ids: tuple[int, int] | None) -> None:
         raise UnsafeUser(f"refusing to run an app as {name!r} (uid 0): apps run as a dedicated unprivileged user")
 
 
-def ensure_user(name: str, executor: LocalExecutor | None = None) -> tuple[int, int]:
-    """(uid, gid) of the app user `name`, created as a system user without home or shell."""
+def refusal(name: str, gecos: str | None, *, namespace: str, app: str,
+            allowed_existing: frozenset[str] = frozenset(), reserved: frozenset[str] = frozenset()) -> str | None:
+    """Why (namespace, app) may not run as `name`, or None when it may. Pure.
+
+    `gecos` is the account's GECOS field, None when there is no such account (apprelease
+    will create it). An account is this app's when apprelease recorded it for this app; one
+    recorded for another app, or one apprelease did not create, is refused unless the host's
+    admin allowed it for this namespace (`allowed_existing`). `reserved` accounts (nginx's
+    workers: they may enter every app's socket directory) are refused always.
+    """
+    mine = owner_comment("app", namespace, app)
+    if name in reserved:
+        return (f"user {name!r} is the proxy's (nginx's workers may enter every app's socket directory): "
+                "an app never runs as it; leave spec.user empty for a user of the app's own")
+    if gecos is None or gecos == mine:
+        return None
+    if gecos.startswith(OWNER_PREFIX):
+        owner = gecos.rsplit(" ", 1)[-1]
+        return (f"user {name!r} belongs to {owner} on this host (apprelease created it for that app); "
+                "two apps never share a user: name another one or leave spec.user empty")
+    if name in allowed_existing:
+        return None
+    return (f"user {name!r} already exists on this host and was not created by apprelease for {namespace}/{app}: "
+            "apps run as their own user, so leave spec.user empty or name a new one "
+            f"(a cluster admin can allow an existing account for namespace {namespace})")
+
+
+def ensure_user(name: str, executor: LocalExecutor | None = None, *, namespace: str, app: str,
+                allowed_existing: frozenset[str] = frozenset(), reserved: frozenset[str] = frozenset()) -> tuple[int, int]:
+    """(uid, gid) of the app user `name` of (namespace, app), created as a system user without
+    home or shell and recorded as that app's; `UnsafeUser` when the app may not use it."""
     executor = executor or LocalExecutor()
     _refuse_root(name, None)
     rules.POSIX_USER.check(name)
-    ids = lookup_user(name, executor)
-    if ids is None:
+    entry = _passwd(name, executor)
+    why = refusal(name, entry[4] if entry else None, namespace=namespace, app=app,
+                  allowed_existing=allowed_existing, reserved=reserved)
+    if why:
+        raise UnsafeUser(why)
+    if entry is None:
         proc = executor.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
-            check=False,
-            timeout=60,
-        )
-        ids = lookup_user(name, executor)
-        if ids is None:  # useradd failed and nobody else created it meanwhile
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
+             "--comment", owner_comment("app", namespace, app), name],
+            check=False, timeout=60,
+        )  # fmt: skip
+        entry = _passwd(name, executor)
+        if entry is None:  # useradd failed and nobody else created it meanwhile
             raise RuntimeError(f"useradd {name} exited with {proc.returncode}: {proc.stdout.strip()}")
+    ids = (int(entry[2]), int(entry[3]))
     _refuse_root(name, ids)
     return ids
+
+
+def remove_accounts(namespace: str, app: str, executor: LocalExecutor | None = None) -> list[str]:
+    """Delete the accounts apprelease made for (namespace, app) (its app and build users).
+
+    Called when the app leaves the host; an account still in use is kept (userdel refuses)
+    and removed at the next removal. Returns the names removed.
+    """
+    executor = executor or LocalExecutor()
+    listing = executor.run(["getent", "passwd"], check=False, timeout=30).stdout
+    ours = {owner_comment(role, namespace, app) for role in ("app", "build")}
+    removed = []
+    for line in listing.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 5 and fields[4] in ours and fields[2] != "0":
+            if executor.run(["userdel", fields[0]], check=False, timeout=60).returncode == 0:
+                removed.append(fields[0])
+    return removed
 
 
 def ensure_build_user(namespace: str, app: str, executor: LocalExecutor | None = None) -> BuildIdentity:
