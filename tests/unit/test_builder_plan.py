@@ -4,7 +4,8 @@ Aspects covered:
 - the build environment drops the host's pip/uv/Python settings and blinds pip's config files;
 - the interpreter is looked for only in the given directories, in order (never $PATH);
 - the uv and pip command lines: config ignored, explicit cache, optional index, wheel first;
-- a wheel URL must name a .whl file.
+- a wheel URL must name a .whl file;
+- the build's stage read from uv's and pip's output lines (captured from uv 0.13.9 and pip).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from apprelease.host.builder import (
+    build_stage,
     clean_build_env,
     install_command,
     interpreter_candidates,
@@ -100,3 +102,25 @@ def test_wheel_filename(url: str, name: str | None) -> None:
             wheel_filename(url)
     else:
         assert wheel_filename(url) == name
+
+
+# Lines as uv 0.13.9 printed them here (`uv pip install --no-progress`), and pip 23's.
+@pytest.mark.parametrize(("tool", "line", "stage"), [
+    ("uv", "Using Python 3.11.2 environment at: v1", None),
+    ("uv", "Resolved 2 packages in 12ms", "resolved 2 packages; downloading what the cache lacks"),
+    ("uv", "Resolved 1 package in 3ms", "resolved 1 package; downloading what the cache lacks"),
+    ("uv", "Prepared 2 packages in 11ms", "installing 2 packages"),
+    ("uv", "Installed 2 packages in 9ms", "compiling bytecode"),
+    ("uv", "Audited 2 packages in 1ms", "nothing to install"),
+    ("uv", "Bytecode compiled 72 files in 364ms", None),
+    ("uv", " + gunicorn==27.0.1", None),
+    ("uv", "WARN Range requests not supported for `webxample-1.0.0-py3-none-any.whl`; streaming wheel", None),
+    ("pip", "Collecting webxample==1.0.0", "resolving: webxample==1.0.0"),
+    ("pip", "  Downloading http://127.0.0.1:8765/files/gunicorn-27.0.1-py3-none-any.whl (85 kB)",
+     "downloading gunicorn-27.0.1-py3-none-any.whl"),
+    ("pip", "  Downloading gunicorn-27.0.1-py3-none-any.whl (85 kB)", "downloading gunicorn-27.0.1-py3-none-any.whl"),
+    ("pip", "Installing collected packages: packaging, gunicorn, webxample", "installing 3 packages"),
+    ("pip", "Successfully installed gunicorn-27.0.1 webxample-1.0.0", None),
+])
+def test_build_stage_from_output(tool, line, stage) -> None:
+    assert build_stage(tool, line) == stage
