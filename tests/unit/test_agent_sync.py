@@ -274,30 +274,39 @@ def test_which_reconciles_show_phases(stored, generation, shows):
 
 
 def test_throttle_writes_at_most_once_per_interval():
-    t = phases.PhaseThrottle(interval=0.5, last_write=10.0)  # Pending written at 10.0
-    t.report("Building", "resolving")
+    t = phases.PhaseThrottle(interval=0.5, min_age=0.1, last_write=10.0)  # Pending written at 10.0
+    t.report("Building", "resolving", 10.01)
     assert t.due() == 10.5 and t.take(10.2) is None
     assert t.take(10.5) == ("Building", "resolving")
-    t.report("Building", "installing 2 packages")
+    t.report("Building", "installing 2 packages", 10.7)
     assert t.take(10.9) is None and t.take(11.0) == ("Building", "installing 2 packages")
     assert t.due() is None and t.take(99.0) is None
 
 
 def test_throttle_drops_a_phase_whose_step_ended_before_its_window():
-    t = phases.PhaseThrottle(interval=0.5, last_write=10.0)
-    t.report("Starting", "starting r2")  # takes 20 ms ...
-    t.report("HealthChecking", "checking /healthz")  # ... and is superseded before 10.5
+    t = phases.PhaseThrottle(interval=0.5, min_age=0.1, last_write=10.0)
+    t.report("Starting", "starting r2", 10.1)  # takes 20 ms ...
+    t.report("HealthChecking", "checking /healthz", 10.12)  # ... and is superseded before 10.5
     assert t.take(10.5) == ("HealthChecking", "checking /healthz")
-    t.report("Switching", "switching")
+    t.report("Switching", "switching", 11.5)
     t.finish()  # the reconcile ended: the final status follows, not Switching
     assert t.take(12.0) is None
 
 
-def test_throttle_writes_at_once_when_the_last_write_is_old():
-    t = phases.PhaseThrottle(interval=0.5)  # nothing written yet by this agent
-    t.report("Building", "resolving")
-    assert t.take(0.0) == ("Building", "resolving")
-    t.report("Building", "resolving")  # said already: nothing to write
+def test_throttle_a_phase_churning_messages_is_still_written():
+    t = phases.PhaseThrottle(interval=0.5, min_age=0.1, last_write=10.0)
+    for i in range(10):  # a build whose stage changes every 50 ms
+        t.report("Building", f"stage {i}", 10.0 + i * 0.05)
+    assert t.take(10.5) == ("Building", "stage 9")
+
+
+def test_throttle_waits_for_min_age_even_when_the_window_is_open():
+    t = phases.PhaseThrottle(interval=0.5, min_age=0.1)  # nothing written yet by this agent
+    t.report("Starting", "starting r2", 5.0)
+    assert t.due() == 5.1 and t.take(5.05) is None
+    t.report("HealthChecking", "checking", 5.02)  # Starting lasted 20 ms: never written
+    assert t.take(5.1) is None and t.take(5.12) == ("HealthChecking", "checking")
+    t.report("HealthChecking", "checking", 6.0)  # said already: nothing to write
     assert t.due() is None
 
 
@@ -305,11 +314,11 @@ def test_writer_thread_writes_the_phase_still_running_and_close_drops_the_rest()
     written: list[tuple[str, str, float]] = []
     start = time.monotonic()
     writer = phases.PhaseWriter(lambda p, m: written.append((p, m, time.monotonic() - start)), interval=0.2,
-                                last_write=start)
+                                min_age=0.05, last_write=start)
     writer.report("Starting", "s")
     writer.report("HealthChecking", "h")  # Starting ended before the window opened
     time.sleep(0.6)
-    writer.report("Switching", "w")  # the window is open: written at once, from the thread
+    writer.report("Switching", "w")  # the window is open: written after min_age, from the thread
     time.sleep(0.3)
     writer.report("Draining", "d")  # within the interval of Switching's write
     writer.close()
@@ -324,7 +333,7 @@ def test_writer_close_waits_for_a_write_in_flight():
         time.sleep(0.3)
         done.set()
 
-    writer = phases.PhaseWriter(slow_write, interval=0.5)
+    writer = phases.PhaseWriter(slow_write, interval=0.5, min_age=0.0)
     writer.report("Building", "resolving")
     time.sleep(0.1)  # the write has begun
     writer.close()

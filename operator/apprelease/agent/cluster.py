@@ -54,6 +54,7 @@ class Settings:
     backoff_max: float = 8.0  # short: after an apiserver outage the agent is back within seconds
     retry_max: float = 60.0  # a failing key is retried at most this far apart (and at each resync)
     phase_interval: float = phases.DEFAULT_INTERVAL  # at most one live-phase write this often per HostRelease
+    phase_min_age: float = phases.DEFAULT_MIN_AGE  # a step shorter than this never shows as a phase
 
 
 class Backoff:
@@ -303,7 +304,8 @@ class ClusterAgent:
         if sync.shows_phases(previous, generation):
             writer = phases.PhaseWriter(
                 lambda phase, message: self._write_phase(key, obj, generation, phase, message),
-                interval=self.settings.phase_interval, last_write=self._written_at.get(key, float("-inf")),
+                interval=self.settings.phase_interval, min_age=self.settings.phase_min_age,
+                last_write=self._written_at.get(key, float("-inf")),
                 name=f"phases {key}")
         try:
             result = core.reconcile(self.host, release, self._tls_source,

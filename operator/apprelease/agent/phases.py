@@ -6,10 +6,11 @@ Draining. The rules, decided by `PhaseThrottle` (pure, times passed in, unit-tes
 
 - at most one status write per `interval` (0.5 s) per HostRelease, counting the Pending
   write that opens a new generation;
-- a phase waits for the window to open and is written only if its step is still running
-  then: a newer phase replaces it and the end of the reconcile drops it. So a step shorter
-  than the window never costs a write (Starting and Switching usually take milliseconds),
-  and every phase that lasts longer than `interval` (plus one write) is seen, in order;
+- a phase is written only once it has lasted `min_age` (0.1 s) and its window is open, and
+  only if its step is still running then (with its latest message, e.g. the build's stage): a newer phase replaces it and the end of the
+  reconcile drops it. So a step shorter than `min_age` never costs a write (a write costs
+  the apiserver more than such a step costs the host: Starting and Switching usually take
+  milliseconds), and every phase that lasts longer than `interval` is seen, in order;
 - the writes happen on a thread of their own, so a step never waits for the apiserver;
   a failed write is logged and dropped (the next phase or the final status supersedes it);
 - the final Ready or Failed is written by the worker after `close()`, always, unthrottled,
@@ -27,24 +28,32 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 0.5
+DEFAULT_MIN_AGE = 0.1
 
 
 @dataclass
 class PhaseThrottle:
-    """Which reported phase to write, and when. `last_write` is a time.monotonic() value."""
+    """Which reported phase to write, and when. Times are time.monotonic() values."""
 
     interval: float
+    min_age: float = DEFAULT_MIN_AGE
     last_write: float = float("-inf")
     pending: tuple[str, str] | None = None  # (phase, message) of the step running now, not written yet
+    phase: str | None = None  # the phase the host is in now
+    since: float = 0.0  # when it entered it: a new message in the same phase (a build's stage) keeps it
     written: tuple[str, str] | None = None
 
-    def report(self, phase: str, message: str) -> None:
+    def report(self, phase: str, message: str, now: float) -> None:
         """A step began: what it is doing supersedes whatever was waiting."""
+        if phase != self.phase:
+            self.phase, self.since = phase, now
         self.pending = None if (phase, message) == self.written else (phase, message)
 
     def due(self) -> float | None:
         """When the pending phase may be written; None when nothing waits."""
-        return None if self.pending is None else self.last_write + self.interval
+        if self.pending is None:
+            return None
+        return max(self.last_write + self.interval, self.since + self.min_age)
 
     def take(self, now: float) -> tuple[str, str] | None:
         """The phase to write at `now`, if one is due; it counts as written from then on."""
@@ -64,9 +73,10 @@ class PhaseWriter:
     """Writes the phases `report`ed by the worker thread from a thread of its own."""
 
     def __init__(self, write: Callable[[str, str], None], *, interval: float = DEFAULT_INTERVAL,
-                 last_write: float = float("-inf"), clock: Callable[[], float] = time.monotonic, name: str = "phases"):
+                 min_age: float = DEFAULT_MIN_AGE, last_write: float = float("-inf"),
+                 clock: Callable[[], float] = time.monotonic, name: str = "phases"):
         self._write, self._clock, self._name = write, clock, name
-        self._throttle = PhaseThrottle(interval, last_write)
+        self._throttle = PhaseThrottle(interval, min_age, last_write)
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -80,7 +90,7 @@ class PhaseWriter:
         with self._cond:
             if self._closed:
                 return
-            self._throttle.report(phase, message)
+            self._throttle.report(phase, message, self._clock())
             if self._thread is None:  # started lazily: a converged host reports nothing
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
