@@ -141,6 +141,7 @@ def _pid_alive(pid_file: Path) -> int | None:
 # Processes this run of `up` started: polled for their exit codes (a child that exited stays
 # a zombie, which `kill -0` still finds). Ones a previous `up` started are checked by pid.
 STARTED: dict[str, subprocess.Popen[bytes]] = {}
+LOG_OFFSETS: dict[str, int] = {}  # name -> size of its log when this run started it
 
 
 def log_path(name: str) -> Path:
@@ -148,8 +149,13 @@ def log_path(name: str) -> Path:
 
 
 def log_tail(name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines of a demo process's log, of this run when it started the process (agent
+    and operator logs are appended to across runs)."""
     path = log_path(name)
-    return path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+    if not path.exists():
+        return []
+    text = path.read_bytes()[LOG_OFFSETS.get(name, 0):].decode(errors="replace")
+    return text.splitlines()[-lines:]
 
 
 def exited(name: str) -> str | None:
@@ -162,7 +168,7 @@ def exited(name: str) -> str | None:
         return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
     if not (STATE / f"{name}.pid").exists():
         return None  # not started (yet) by any run
-    return None if _pid_alive(STATE / f"{name}.pid") else "is not running"
+    return None if running(name) else "is not running"
 
 
 def check_alive(names: Iterable[str] = WATCHED) -> None:
@@ -180,6 +186,7 @@ def start_process(name: str, argv: list[str], env: dict[str, str] | None = None)
         return
     (STATE / "logs").mkdir(parents=True, exist_ok=True)
     log = (STATE / "logs" / f"{name}.log").open("a")
+    LOG_OFFSETS[name] = log.tell()
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
                             env={**os.environ, **(env or {})})
     STARTED[name] = proc
@@ -187,15 +194,26 @@ def start_process(name: str, argv: list[str], env: dict[str, str] | None = None)
     print(f"{name}: pid {proc.pid}, log .demo/logs/{name}.log")
 
 
-def stop_process(name: str) -> None:
+def running(name: str) -> int | None:
+    """The pid of a demo process that still runs (a child of ours that exited is reaped, not
+    mistaken for a live one because `kill -0` finds its zombie)."""
+    proc = STARTED.get(name)
+    if proc is not None and proc.poll() is not None:
+        return None
+    return _pid_alive(STATE / f"{name}.pid")
+
+
+def stop_process(name: str, grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds. Never checks the others: down() runs when
+    the demo already failed."""
     pid_file = STATE / f"{name}.pid"
-    pid = _pid_alive(pid_file)
+    pid = running(name)
     if pid:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while _pid_alive(pid_file) and time.monotonic() < deadline:
+        deadline = time.monotonic() + grace
+        while running(name) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _pid_alive(pid_file):
+        if running(name):
             os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
 
@@ -219,11 +237,7 @@ def start_index() -> None:
 
 
 def stop_index() -> None:
-    pid = _pid_alive(STATE / "index.pid")
-    if pid:
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: _pid_alive(STATE / "index.pid") is None, 20, "the package index to stop")
-    (STATE / "index.pid").unlink(missing_ok=True)
+    stop_process("index", grace=20)
 
 
 def crds_ready(cp: controlplane.ControlPlane) -> bool:
@@ -433,21 +447,19 @@ def up(gitops: bool = False) -> int:
               "for unix sockets)")
     make_reachable_dirs(base)
     HOST_ROOTS_FILE.write_text(f"{base}\n")
-    offsets = {}
     for host, address in HOSTS.items():
         node = {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": host, "labels": {"apprelease.dev/host": "true"}}}
         cp.kubectl("apply", "-f", "-", input=json.dumps(node))
         root = base / host
         make_reachable_dirs(root)
-        offsets[host] = log_path(f"agent-{host}").stat().st_size if log_path(f"agent-{host}").exists() else 0
         start_process(f"agent-{host}", [str(APPRELEASE), "agent", "run", "--node", host, "--root", str(root),
                                         "--listen-address", address, "--resync-seconds", "10"], kube_env)
     for host in HOSTS:
         if f"agent-{host}" not in STARTED:
             continue  # left running by an earlier `up`
         # Logged once its circusd and nginx run: an agent that cannot run its host exits before.
-        wait_for(lambda: b"agent for node" in log_path(f"agent-{host}").read_bytes()[offsets[host]:],
+        wait_for(lambda: b"agent for node" in log_path(f"agent-{host}").read_bytes()[LOG_OFFSETS[f"agent-{host}"]:],
                  120, f"agent-{host} to start its host")
     show(cp, "get", "nodes", "-L", "apprelease.dev/host")
 

@@ -142,7 +142,7 @@ def test_make_demo_from_a_clone_in_a_private_directory(newcomer, tmp_path):
         assert demo.curl(address).startswith('200 {"version": "1.0.0"'), address
 
     progress = [line for line in out.splitlines() if re.match(r"  \[ *\d+\.\d+s\] ", line)]
-    live = sorted({p for line in progress for p in re.findall(r"\((\w+)", line)} - {"Pending", "Ready"})
+    live = sorted({p for line in progress for p in re.findall(r"host-\w: \S+ \((\w+)", line)} - {"Pending", "Ready"})
     assert "Draining" in live, "\n".join(progress)  # 0.8 s per host per rotation: the demo's poll sees it
     print(f"\nmake demo from a fresh clone in a 0700 directory: {seconds:.0f}s (its .venv included); "
           f"live phases in its progress lines: {live}\n" + "\n".join(progress))
