@@ -497,7 +497,7 @@ def up(gitops: bool = False) -> int:
     print(f"  export KUBECONFIG={cp.kubeconfig_path} PATH={cp.bin_dir}:$PATH")
     print("  kubectl get ar,hr -A;  kubectl describe ar webxample")
     print(f"  curl -H 'Host: {SERVER_NAME}' http://127.0.0.2:{APP_PORT}/")
-    print(f"  kubectl get hr -o wide -w    # the hosts' live phases during the next change")
+    print("  kubectl get hr -o wide -w    # the hosts' live phases during the next change")
     print(f"  .demo/logs/ (operator, agents);  .venv/bin/apprelease agent status --root {base / 'host-a'}")
     print("  make demo-down    # stop everything")
     return 0
