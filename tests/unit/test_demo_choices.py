@@ -6,7 +6,7 @@ them under /var/lib/apprelease-demo/<hash of the path>, stable per checkout, and
 explicit APPRELEASE_DEMO_HOSTS_DIR wins; the directories made for them are 0755 even under
 a 077 umask; traversability looks at every parent; the progress line shows each host's
 live phase, where it is going, and a build's stage, and calls a status about an older spec
-Pending. Running it is tests/e2e/test_demo.py.
+Pending. Running it is tests/e2e/test_newcomer_demo.py.
 """
 
 from __future__ import annotations
