@@ -9,23 +9,31 @@ What runs, all on loopback, all state under `.demo/` (gitignored):
 - etcd + kube-apiserver + kube-controller-manager built from Go modules (hack/controlplane.py);
 - a PEP 503 index on 127.0.0.1:8765 serving webxample's wheels, built here (tests/support/pypi.py);
 - two hosts, `host-a` and `host-b`: Node objects, and one agent each (`apprelease agent run`)
-  with its own root under .demo/hosts/, its own circusd, and its own nginx listening on
-  127.0.0.2 and 127.0.0.3 respectively;
+  with its own root (under .demo/hosts/, or /var/lib/apprelease-demo/<hash>/ when the
+  checkout is out of the app users' reach: see `host_roots_base`), its own circusd, and its
+  own nginx listening on 127.0.0.2 and 127.0.0.3 respectively;
 - the operator (`apprelease operator`);
 - with --gitops: Argo CD v3.2.11 built from Go modules (hack/argocd.py: redis, repo-server,
   application-controller), an Application on a local git repository under .demo/gitops-repo;
 - `kubectl` is the one built with the control plane, same version as the server.
+
+While it waits, the demo watches what it started: when an agent, the operator or the index
+exits, it prints that process's last log lines, stops everything and exits non-zero, rather
+than waiting minutes for a rollout that cannot happen. Progress lines show each host's live
+phase (Building with the build's stage, HealthChecking, Draining, ...).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,6 +48,65 @@ APPRELEASE = REPO / ".venv" / "bin" / "apprelease"
 HOSTS = {"host-a": "127.0.0.2", "host-b": "127.0.0.3"}
 SERVER_NAME = "webxample.local"
 APP_PORT = 8080
+LOG_TAIL_LINES = 20
+WATCHED = ("index", *(f"agent-{host}" for host in HOSTS), "operator")  # what must stay up while the demo runs
+
+# Where the hosts' roots go when the checkout is out of the app users' reach. Not /tmp: a
+# predictable name in a world-writable directory can be taken first by another user (the
+# demo runs as root), and tmp cleaners delete files under a demo left running for days.
+# /var/lib is where a real agent keeps its root (/var/lib/apprelease), 0755 on Debian, and
+# root-owned all the way down. The hash of the checkout's path keeps two checkouts apart.
+OUTSIDE_BASE = Path(os.environ.get("APPRELEASE_DEMO_OUTSIDE_BASE", "/var/lib/apprelease-demo"))
+# Unix socket paths hold at most 107 bytes; under a root the longest the demo makes is
+# apps/default_webxample/run/r<11 hex>.sock (44): a base longer than this leaves no room.
+MAX_BASE_LENGTH = 48
+HOST_ROOTS_FILE = STATE / "host-roots"  # the base `up` chose, for `down` and people
+
+
+class DemoFailed(Exception):
+    """Something the demo needs stopped or never came: say why, show its log, stop everything."""
+
+    def __init__(self, reason: str, logs: Iterable[str] = ()):
+        super().__init__(reason)
+        self.logs = tuple(logs)
+
+
+def traversable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner may pass through `path` and each of its parents."""
+    return all(d.stat().st_mode & stat.S_IXOTH for d in [path, *path.parents] if d.exists())
+
+
+def host_roots_base(checkout: Path, checkout_traversable: bool, override: str | None = None,
+                    outside: Path = OUTSIDE_BASE) -> Path:
+    """Where the demo's hosts keep their roots (each host under `<base>/<host>`).
+
+    Each app runs as its own user and reaches its venv and socket through its host's root,
+    so every directory above a root must be traversable by others. A checkout in root's home
+    (0700 on Debian) or in `mktemp -d` is not: its hosts go to `outside/<hash of the path>`.
+    """
+    if override:
+        return Path(override)
+    inside = checkout / ".demo" / "hosts"
+    if checkout_traversable and len(str(inside)) <= MAX_BASE_LENGTH:
+        return inside
+    return outside / hashlib.sha256(str(checkout).encode()).hexdigest()[:12]
+
+
+def make_reachable_dirs(path: Path) -> None:
+    """mkdir -p with 0755 for each directory made (and for `path`): a umask of 077 must not
+    lock the app users out."""
+    missing = [d for d in [path, *path.parents] if not d.exists()]
+    for directory in reversed(missing):
+        directory.mkdir()
+        directory.chmod(0o755)
+    path.chmod(0o755)
+
+
+def chosen_host_roots_base() -> Path:
+    """The base `up` chose (recorded), else what it would choose now."""
+    if HOST_ROOTS_FILE.exists():
+        return Path(HOST_ROOTS_FILE.read_text().strip())
+    return host_roots_base(REPO, traversable_by_others(REPO), os.environ.get("APPRELEASE_DEMO_HOSTS_DIR"))
 
 
 def say(message: str) -> None:
@@ -56,8 +123,9 @@ def show(cp: controlplane.ControlPlane, *args: str) -> str:
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        check_alive()
         if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+            raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}", WATCHED)
         time.sleep(0.3)
 
 
@@ -70,6 +138,46 @@ def _pid_alive(pid_file: Path) -> int | None:
         return None
 
 
+# Processes this run of `up` started: polled for their exit codes (a child that exited stays
+# a zombie, which `kill -0` still finds). Ones a previous `up` started are checked by pid.
+STARTED: dict[str, subprocess.Popen[bytes]] = {}
+LOG_OFFSETS: dict[str, int] = {}  # name -> size of its log when this run started it
+
+
+def log_path(name: str) -> Path:
+    return STATE / "index.log" if name == "index" else STATE / "logs" / f"{name}.log"
+
+
+def log_tail(name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines of a demo process's log, of this run when it started the process (agent
+    and operator logs are appended to across runs)."""
+    path = log_path(name)
+    if not path.exists():
+        return []
+    text = path.read_bytes()[LOG_OFFSETS.get(name, 0):].decode(errors="replace")
+    return text.splitlines()[-lines:]
+
+
+def exited(name: str) -> str | None:
+    """How a watched process ended ("exited with 1", "was killed by SIGKILL"), None while it runs."""
+    proc = STARTED.get(name)
+    if proc is not None:
+        code = proc.poll()
+        if code is None:
+            return None
+        return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+    if not (STATE / f"{name}.pid").exists():
+        return None  # not started (yet) by any run
+    return None if running(name) else "is not running"
+
+
+def check_alive(names: Iterable[str] = WATCHED) -> None:
+    for name in names:
+        how = exited(name)
+        if how:
+            raise DemoFailed(f"{name} {how}", [name])
+
+
 def start_process(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     """A background process of the demo, in its own session, with a pid file and a log."""
     pid_file = STATE / f"{name}.pid"
@@ -78,21 +186,34 @@ def start_process(name: str, argv: list[str], env: dict[str, str] | None = None)
         return
     (STATE / "logs").mkdir(parents=True, exist_ok=True)
     log = (STATE / "logs" / f"{name}.log").open("a")
+    LOG_OFFSETS[name] = log.tell()
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
                             env={**os.environ, **(env or {})})
+    STARTED[name] = proc
     pid_file.write_text(str(proc.pid))
     print(f"{name}: pid {proc.pid}, log .demo/logs/{name}.log")
 
 
-def stop_process(name: str) -> None:
+def running(name: str) -> int | None:
+    """The pid of a demo process that still runs (a child of ours that exited is reaped, not
+    mistaken for a live one because `kill -0` finds its zombie)."""
+    proc = STARTED.get(name)
+    if proc is not None and proc.poll() is not None:
+        return None
+    return _pid_alive(STATE / f"{name}.pid")
+
+
+def stop_process(name: str, grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds. Never checks the others: down() runs when
+    the demo already failed."""
     pid_file = STATE / f"{name}.pid"
-    pid = _pid_alive(pid_file)
+    pid = running(name)
     if pid:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while _pid_alive(pid_file) and time.monotonic() < deadline:
+        deadline = time.monotonic() + grace
+        while running(name) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _pid_alive(pid_file):
+        if running(name):
             os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
 
@@ -109,19 +230,14 @@ def start_index() -> None:
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
     )
     pid_file.write_text(str(proc.pid))
-    wait_for(lambda: "serving" in (STATE / "index.log").read_text() or proc.poll() is not None, 300,
-             "the package index to build webxample's wheels")
-    if proc.poll() is not None:
-        raise SystemExit(f"demo: the package index failed:\n{(STATE / 'index.log').read_text()[-2000:]}")
+    STARTED["index"] = proc
+    wait_for(lambda: "serving" in (STATE / "index.log").read_text(), 300,
+             "the package index to build webxample's wheels")  # wait_for notices if it exits
     print((STATE / "index.log").read_text().strip())
 
 
 def stop_index() -> None:
-    pid = _pid_alive(STATE / "index.pid")
-    if pid:
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: _pid_alive(STATE / "index.pid") is None, 20, "the package index to stop")
-    (STATE / "index.pid").unlink(missing_ok=True)
+    stop_process("index", grace=20)
 
 
 def crds_ready(cp: controlplane.ControlPlane) -> bool:
@@ -158,15 +274,30 @@ def show_curls(path: str = "/version") -> None:
         print(f"  {curl(address, path)}")
 
 
+def host_summary(hr: dict) -> str:
+    """`host-a: 1.0.0 (Building -> 2.0.0: installing 2 packages)`: what it serves, its live
+    phase, where it is going, and for a build the build's stage."""
+    status = hr.get("status") or {}
+    if status.get("observedGeneration") != hr["metadata"].get("generation"):
+        phase = "Pending"  # the agent has not seen this spec yet: its phase is about the last one
+    else:
+        phase = status.get("phase") or "Pending"
+    serving, wanted = status.get("servingVersion"), hr["spec"]["version"]
+    moving = "" if wanted == serving and phase in ("Ready", "Failed") else f" -> {wanted}"
+    stage = ""
+    if phase == "Building" and "): " in (status.get("message") or ""):
+        stage = ": " + status["message"].split("): ", 1)[1]  # "building the venv of X (buildId Y): <stage>"
+    return f"{hr['spec']['node']}: {serving or '-'} ({phase}{moving}{stage})"
+
+
 def progress_line(cp: controlplane.ControlPlane) -> tuple[str, bool]:
-    ar = get_json(cp, "ar", "webxample")
-    hrs = get_json(cp, "hr", "-l", "apprelease.dev/app=webxample")["items"]
+    # One kubectl call a poll, so the line keeps up with phases that last half a second.
+    items = get_json(cp, "appreleases,hostreleases")["items"]
+    (ar,) = [o for o in items if o["kind"] == "AppRelease" and o["metadata"]["name"] == "webxample"]
+    hrs = [o for o in items if o["kind"] == "HostRelease"
+           and (o["metadata"].get("labels") or {}).get("apprelease.dev/app") == "webxample"]
     status = ar.get("status") or {}
-    hosts = "  ".join(
-        f"{h['spec']['node']}: {(h.get('status') or {}).get('servingVersion') or '-'}"
-        f" ({(h.get('status') or {}).get('phase') or 'Pending'}{'' if h['spec']['version'] == (h.get('status') or {}).get('servingVersion') else ' -> ' + h['spec']['version']})"
-        for h in sorted(hrs, key=lambda h: h["spec"]["node"])
-    )
+    hosts = "  ".join(host_summary(h) for h in sorted(hrs, key=lambda h: h["spec"]["node"]))
     conditions = {c["type"]: c for c in status.get("conditions", [])}
     done = (
         status.get("observedGeneration") == ar["metadata"]["generation"]
@@ -189,9 +320,10 @@ def wait_rollout(cp: controlplane.ControlPlane, version: str, timeout: float = 3
             last = line
         if done:
             return time.monotonic() - started
+        check_alive()
         if time.monotonic() - started > timeout:
-            raise SystemExit(f"demo: rollout not complete after {timeout:.0f}s; see .demo/logs/")
-        time.sleep(0.3)
+            raise DemoFailed(f"the rollout of {version} was not complete after {timeout:.0f}s", WATCHED)
+        time.sleep(0.15)
 
 
 def apply_version(cp: controlplane.ControlPlane, version: str) -> None:
@@ -309,14 +441,26 @@ def up(gitops: bool = False) -> int:
 
     say("4. Two hosts: Node objects, and an agent each with its own root, circusd and nginx")
     kube_env = {"KUBECONFIG": str(cp.kubeconfig_path)}
+    base = host_roots_base(REPO, traversable_by_others(REPO), os.environ.get("APPRELEASE_DEMO_HOSTS_DIR"))
+    if not str(base).startswith(str(STATE)):
+        print(f"host roots in {base}: the apps' users cannot reach into {REPO} (or its path is too long "
+              "for unix sockets)")
+    make_reachable_dirs(base)
+    HOST_ROOTS_FILE.write_text(f"{base}\n")
     for host, address in HOSTS.items():
         node = {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": host, "labels": {"apprelease.dev/host": "true"}}}
         cp.kubectl("apply", "-f", "-", input=json.dumps(node))
-        root = STATE / "hosts" / host
-        root.mkdir(parents=True, exist_ok=True)
+        root = base / host
+        make_reachable_dirs(root)
         start_process(f"agent-{host}", [str(APPRELEASE), "agent", "run", "--node", host, "--root", str(root),
                                         "--listen-address", address, "--resync-seconds", "10"], kube_env)
+    for host in HOSTS:
+        if f"agent-{host}" not in STARTED:
+            continue  # left running by an earlier `up`
+        # Logged once its circusd and nginx run: an agent that cannot run its host exits before.
+        wait_for(lambda: b"agent for node" in log_path(f"agent-{host}").read_bytes()[LOG_OFFSETS[f"agent-{host}"]:],
+                 120, f"agent-{host} to start its host")
     show(cp, "get", "nodes", "-L", "apprelease.dev/host")
 
     say("5. The operator")
@@ -353,16 +497,18 @@ def up(gitops: bool = False) -> int:
     print(f"  export KUBECONFIG={cp.kubeconfig_path} PATH={cp.bin_dir}:$PATH")
     print("  kubectl get ar,hr -A;  kubectl describe ar webxample")
     print(f"  curl -H 'Host: {SERVER_NAME}' http://127.0.0.2:{APP_PORT}/")
-    print("  .demo/logs/ (operator, agents);  .venv/bin/apprelease agent status --root .demo/hosts/host-a")
+    print("  kubectl get hr -o wide -w    # the hosts' live phases during the next change")
+    print(f"  .demo/logs/ (operator, agents);  .venv/bin/apprelease agent status --root {base / 'host-a'}")
     print("  make demo-down    # stop everything")
     return 0
 
 
 def down() -> int:
     stop_process("operator")
+    base = chosen_host_roots_base()
     for host in HOSTS:
         stop_process(f"agent-{host}")
-        root = STATE / "hosts" / host
+        root = base / host
         if root.exists():  # the host's supervisor, its apps and nginx outlive the agent by design
             subprocess.run([str(APPRELEASE), "agent", "stop", "--root", str(root)], check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -376,8 +522,21 @@ def down() -> int:
         argo.stop()
     if cp.records():
         cp.stop()
-    print("demo: stopped; state kept in .demo/ (rm -rf .demo to forget it)")
+    outside = "" if str(base).startswith(str(STATE)) else f" and {base}"
+    print(f"demo: stopped; state kept in .demo/{outside} (rm -rf .demo{outside} to forget it)")
     return 0
+
+
+def report_failure(failure: DemoFailed) -> None:
+    """What a newcomer needs to see: the reason, and the last lines of the log that tells why."""
+    print(f"\ndemo: {failure}", file=sys.stderr, flush=True)
+    for name in failure.logs:
+        lines = log_tail(name)
+        if lines:
+            rel = log_path(name).relative_to(REPO)
+            print(f"\n--- last {len(lines)} lines of {rel} ---", file=sys.stderr)
+            print("\n".join(lines), file=sys.stderr, flush=True)
+    print("\ndemo: stopping everything it started (logs stay in .demo/logs/)", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -388,6 +547,11 @@ def main(argv: list[str]) -> int:
             print("\ndemo: interrupted, stopping what was started", file=sys.stderr)
             down()
             return 130
+        except DemoFailed as failure:
+            report_failure(failure)
+            down()
+            print(f"demo: failed: {failure}", file=sys.stderr)
+            return 1
     if argv[1:] == ["down"]:
         return down()
     print("usage: hack/demo up [--gitops] | down", file=sys.stderr)

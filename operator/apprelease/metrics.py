@@ -58,7 +58,8 @@ OPERATOR_RECONCILE_SECONDS = Histogram(
 
 # The phases a HostState can show (api/models.HostPhase, plus the operator's own Pending and
 # Terminating): each is set on every record, so a phase a host left drops to 0.
-HOST_PHASES = ("Pending", "Building", "Starting", "Ready", "Failed", "Terminating")
+HOST_PHASES = ("Pending", "Building", "Starting", "HealthChecking", "Switching", "Draining", "Ready", "Failed",
+               "Terminating")
 
 HALT_REASONS = ("HostFailed", "ProgressDeadlineExceeded")
 

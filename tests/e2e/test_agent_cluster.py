@@ -11,17 +11,24 @@ deleted while the agent was stopped is cleaned at its next start, and so is an a
 HostRelease names any more; SIGTERM exits 0 and the apps keep serving; kill -9 mid-rotation
 and a restart converge; an apiserver outage leaves the app serving, the agent not ready,
 and after it the agent reconnects and applies a change made after the restart; a watch
-from an expired resourceVersion raises `Gone` (the agent lists again).
+from an expired resourceVersion raises `Gone` (the agent lists again); live phases, watched
+through the API during a first deploy, an upgrade and a rollback: always in rotation order
+from Pending to Ready, every phase that lasted longer than the throttle interval seen, none
+shorter than its minimum age, Building for the builds and never for the rollback, and
+`kubectl get hr -w` showing them.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import subprocess
 import shutil
 import tempfile
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,15 +36,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apprelease.agent import kube
+from apprelease.agent import kube, phases
 from apprelease.agent.kube import FINALIZER
 from apprelease.host import core
 from apprelease.host.layout import app_key, watcher_name
-from apprelease.api.models import HostRelease
+from apprelease.api.models import HostPhase, HostRelease
+from apprelease.host.plan import ENSURE_RELEASE
+from apprelease.host.progress import PHASE_OF_STEP
 from support.agents import AgentProcess
 from support.cluster import wait_for
 from support.hosts import SERVER_NAME, make_host, release_for
 from support.nginx import free_port, http_get, self_signed_cert
+from support.pypi import LocalIndex
 
 pytestmark = pytest.mark.e2e
 
@@ -348,3 +358,133 @@ def test_watch_from_an_expired_resource_version_asks_for_a_list(cluster, namespa
     with pytest.raises(kube.Gone):
         for _ in api.watch(kube.node_selector("node-gone"), "1", timeout_seconds=5):
             pass
+
+
+# -- live phases -------------------------------------------------------------------------
+
+PHASE_ORDER = typing.get_args(HostPhase)
+SCHEDULING_SLACK = 0.25  # a loaded 2-core machine: thread wake-ups, the watch's delivery
+
+
+class PhaseRecorder:
+    """Every status phase of one HostRelease as a watch delivers it: (generation, phase, message)."""
+
+    def __init__(self, cluster, namespace: str, name: str, node: str = NODE):
+        self.api = kube.HostReleaseAPI(kube.load_configuration(str(cluster.kubeconfig_path)))
+        self.namespace, self.name, self.node = namespace, name, node
+        self.seen: list[tuple[int | None, str | None, str | None]] = []
+        self._stop = threading.Event()
+        version = self.api.list(kube.node_selector(node)).resource_version
+        self._thread = threading.Thread(target=self._run, args=(version,), daemon=True)
+        self._thread.start()
+
+    def _run(self, version: str) -> None:
+        while not self._stop.is_set():
+            for kind, obj in self.api.watch(kube.node_selector(self.node), version, timeout_seconds=5):
+                version = obj["metadata"].get("resourceVersion", version)
+                meta, status = obj["metadata"], obj.get("status") or {}
+                if kind != "BOOKMARK" and (meta["namespace"], meta["name"]) == (self.namespace, self.name):
+                    entry = (status.get("observedGeneration"), status.get("phase"), status.get("message"))
+                    if not self.seen or self.seen[-1] != entry:
+                        self.seen.append(entry)
+                if self._stop.is_set():
+                    return
+
+    def phases(self, generation: int) -> list[str]:
+        """The phases written for one generation, each once, in the order seen."""
+        return list(dict.fromkeys(p for g, p, _ in self.seen if g == generation and p))
+
+    def messages(self, generation: int, phase: str) -> list[str]:
+        return [m for g, p, m in self.seen if g == generation and p == phase and m]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def phase_durations(agent: AgentProcess, namespace: str, name: str, revision: str, *, built: bool) -> dict[str, float]:
+    """How long the host spent in each phase, from the agent's own log of the rotation to
+    `revision` (the step timings it logs at the end of a reconcile). Steps without a phase
+    of their own (ensure-user, swap-current, ...) count for the phase before them, which
+    is what the HostRelease keeps showing meanwhile."""
+    pattern = rf"{namespace}/{name}: .*switch-live\({revision}\).* -> Ready \((.*)\)$"
+    (line,) = [m for m in agent.log_matches(pattern)][-1:]
+    steps = re.match(r".* -> Ready \((.*)\)$", line).group(1).split("; ")
+    durations: dict[str, float] = {"Pending": 0.0}
+    current = "Pending"
+    for step in steps:
+        kind, seconds = re.fullmatch(r"([a-z-]+)(?:\(.*\))? ([0-9.]+)s", step).groups()
+        phase = PHASE_OF_STEP.get(kind)
+        if phase and (kind != ENSURE_RELEASE or built):  # a reused release never announces Building
+            current = phase
+        durations[current] = durations.get(current, 0.0) + float(seconds)
+    return durations
+
+
+def assert_phases(recorder: PhaseRecorder, generation: int, durations: dict[str, float]) -> list[str]:
+    """What the design promises (agent/phases.py), phase by phase."""
+    seen = recorder.phases(generation)
+    context = f"seen {seen}; durations {durations}; statuses {recorder.seen}"
+    assert seen[0] == "Pending" and seen[-1] == "Ready", context
+    assert seen == sorted(seen, key=PHASE_ORDER.index), f"out of rotation order: {context}"
+    for phase, seconds in durations.items():
+        if phase != "Pending" and seconds > phases.DEFAULT_INTERVAL + SCHEDULING_SLACK:
+            assert phase in seen, f"{phase} lasted {seconds:.2f}s but was never written: {context}"
+        if phase != "Pending" and seconds < phases.DEFAULT_MIN_AGE - 0.01:  # the log rounds to 10 ms
+            assert phase not in seen, f"{phase} lasted {seconds:.2f}s yet was written: {context}"
+    return seen
+
+
+def test_live_phases_are_written_in_rotation_order(cluster, live_agent, package_index, namespace):
+    """A first deploy, an upgrade and a rollback, each watched through the API.
+
+    The index answers after 0.4 s, like one across the internet, so each build lasts
+    well over the throttle interval and its Building must be seen; draining the old
+    revision (0.5 s settle + a graceful stop) must be seen in each rotation; Starting and
+    Switching take milliseconds and are never written; HealthChecking (gunicorn's boot) is
+    seen when it lasts long enough; a rollback builds nothing and never says Building.
+    """
+    slow = LocalIndex(package_index.index.directory, delay_seconds=0.4).start()
+    port = free_port()
+    kubectl_watch = None
+    try:
+        def rollout(version: str, *, built: bool) -> tuple[list[str], dict[str, float], PhaseRecorder]:
+            release = release_for(slow.url, version, port=port, node=NODE, namespace=namespace, name="phases")
+            recorder = PhaseRecorder(cluster, namespace, release.metadata.name)
+            try:
+                apply(cluster, release)
+                obj = wait_status(cluster, live_agent, namespace, release.metadata.name, version=version)
+                time.sleep(1)  # the watch delivers the last events
+            finally:
+                recorder.stop()
+            generation = obj["metadata"]["generation"]
+            durations = phase_durations(live_agent, namespace, release.metadata.name, release.spec.revision,
+                                        built=built)
+            return assert_phases(recorder, generation, durations), durations, recorder
+
+        first, first_durations, recorder = rollout("1.0.0", built=True)
+        assert first[:2] == ["Pending", "Building"], first
+        assert any("building the venv of 1.0.0" in m for m in recorder.messages(1, "Building"))
+        assert "Draining" not in first  # nothing served before: nothing to drain
+
+        kubectl_watch = subprocess.Popen(
+            [str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(cluster.kubeconfig_path), "get", "hr",
+             release_for(slow.url, "1.0.0", port=port, node=NODE, name="phases").metadata.name,
+             "-n", namespace, "-o", "wide", "-w"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        upgrade, upgrade_durations, _ = rollout("2.0.0", built=True)
+        assert upgrade[:2] == ["Pending", "Building"] and upgrade[-2:] == ["Draining", "Ready"], upgrade
+
+        back, back_durations, _ = rollout("1.0.0", built=False)
+        assert "Building" not in back and back[-2:] == ["Draining", "Ready"], back
+        kubectl_watch.terminate()
+        watched = kubectl_watch.communicate(timeout=10)[0]
+        phase_column = [line.split()[3] for line in watched.splitlines()[1:] if len(line.split()) > 3]
+        for phase in ("Pending", "Building", "Draining", "Ready"):
+            assert phase in phase_column, watched
+        print(f"\nfirst deploy: {' -> '.join(first)}  ({first_durations})\nupgrade: {' -> '.join(upgrade)}"
+              f"  ({upgrade_durations})\nrollback: {' -> '.join(back)}  ({back_durations})\n$ kubectl get hr -w\n{watched}")
+    finally:
+        if kubectl_watch is not None and kubectl_watch.poll() is None:
+            kubectl_watch.kill()
+            kubectl_watch.wait()
+        slow.stop()

@@ -6,8 +6,10 @@ Aspects covered:
 - a uv build from the local index over HTTP gives a venv where `python -m gunicorn --version`
   works and `import webxample` gives the requested version; release.json, the relative
   site-package link and the interpreter (from the search path, not $PATH) are right;
-- an existing buildId is reused: no command runs and the index gets no request;
-- the pip fallback (uv=None) builds a working venv too;
+- a build reports its stages as uv prints them (finding python, creating the venv,
+  resolving, resolved N, installing N, compiling, checking gunicorn), in that order;
+- an existing buildId is reused: no command runs, the index gets no request, no stage is reported;
+- the pip fallback (uv=None) builds a working venv too, reporting pip's stages;
 - a wheel by URL with the right sha256 installs; with a wrong one the build fails naming
   both digests and leaves nothing in releases/;
 - an unsatisfiable requirement fails with the resolver's message, leaving no temp dir and
@@ -16,7 +18,9 @@ Aspects covered:
 - leftovers of a crashed build (`.tmp-*`) are removed by `remove_temp_builds` and never
   listed as releases;
 - GC on disk: list, choose, remove (never the current release);
-- the venv is root-owned and not writable by an unprivileged user, who can still run it.
+- the venv is root-owned and not writable by an unprivileged user, who can still run it;
+- the executor's streaming mode (what carries the stages): lines arrive as printed, output,
+  exit code and a timeout behave as without it, and a timeout kills a silent command on time.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,9 +102,13 @@ def layout(tmp_path: Path) -> HostLayout:
 
 def test_uv_build_gives_a_working_venv(layout: HostLayout, package_index: WebxampleIndex) -> None:
     spec = host_spec(requirements=["webxample==2.0.0"], index_url=package_index.url)
-    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity())
+    stages: list[str] = []
+    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity(), on_stage=stages.append)
 
     assert (result.build_id, result.reused, result.tool) == (spec.build_id, False, "uv")
+    assert stages[:2] == ["finding python3.11", stages[1]] and stages[1].startswith("creating the venv (Python 3.11.")
+    assert stages[2:] == ["resolving the requirements", "resolved 2 packages; downloading what the cache lacks",
+                          "installing 2 packages", "compiling bytecode", "checking that gunicorn imports"]
     assert result.path == layout.app(KEY).release(spec.build_id)
     assert release_entries(layout) == [spec.build_id]  # no temp dir left
     version = subprocess.run([venv_python(result), "-m", "gunicorn", "--version"], capture_output=True, text=True)
@@ -128,19 +137,23 @@ def test_existing_release_is_reused_without_running_anything(
 
     package_index.index.clear_requests()
     executor = LocalExecutor()
-    again = ensure_release(layout, KEY, spec, executor, uv=UV, identity=build_identity())
+    stages: list[str] = []
+    again = ensure_release(layout, KEY, spec, executor, uv=UV, identity=build_identity(), on_stage=stages.append)
 
     assert again.reused and again.tool is None and again.path == first.path
-    assert executor.log == []
+    assert executor.log == [] and stages == []
     assert package_index.index.requests == []
     assert again.seconds < 0.5
 
 
 def test_pip_fallback_builds_a_working_venv(layout: HostLayout, package_index: WebxampleIndex) -> None:
     spec = host_spec(requirements=["webxample==3.0.0"], index_url=package_index.url)
-    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=None, identity=build_identity())
+    stages: list[str] = []
+    result = ensure_release(layout, KEY, spec, LocalExecutor(), uv=None, identity=build_identity(), on_stage=stages.append)
 
     assert result.tool == "pip" and not result.reused
+    assert "resolving: webxample==3.0.0" in stages and "checking that gunicorn imports" in stages
+    assert any(s.startswith("installing ") for s in stages), stages
     assert webxample_version(result) == "3.0.0"
     assert subprocess.run([venv_python(result), "-m", "gunicorn", "--version"], capture_output=True).returncode == 0
     assert json.loads((result.path / "release.json").read_text())["tool"] == "pip"
@@ -295,3 +308,24 @@ def test_venv_is_root_owned_and_read_only_for_the_app_user(
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "1.0.0"
+
+
+def test_streaming_hands_over_lines_as_they_are_printed() -> None:
+    seen: list[tuple[str, float]] = []
+    started = time.monotonic()
+    proc = LocalExecutor().run(["sh", "-c", "echo one; sleep 1; echo two >&2; exit 3"], check=False,
+                               on_line=lambda line: seen.append((line, time.monotonic() - started)))
+    assert [line for line, _ in seen] == ["one", "two"]
+    assert seen[0][1] < 0.8 <= seen[1][1], "the first line waited for the command to end"
+    assert (proc.returncode, proc.stdout) == (3, "one\ntwo\n")
+    with pytest.raises(builder.CommandFailed, match="exited with 3"):
+        LocalExecutor().run(["sh", "-c", "exit 3"], on_line=lambda _: None)
+
+
+def test_streaming_timeout_kills_a_silent_command() -> None:
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as expired:
+        # sh waits for its child: the child holds the pipe too, and is killed with its group.
+        LocalExecutor().run(["sh", "-c", "echo before; sleep 30; true"], timeout=0.5, on_line=lambda _: None)
+    assert time.monotonic() - started < 5
+    assert expired.value.output == "before\n"

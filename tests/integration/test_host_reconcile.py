@@ -5,7 +5,8 @@ nginx, not the app); a second reconcile does nothing; zero downtime over 20+ rot
 load (keep-alive and fresh connections, GET, POST with a body, 2-second requests that must
 finish on the old revision); a failing revision leaves the old one serving and reports
 Failed with the app's log tail, and is not retried in a loop; rollback to a retained
-release performs no build; a proxy-only change re-renders nginx without new workers;
+release performs no build; the progress callback hears each phase of a rotation as its step
+begins (Building with uv's stages, then Starting .. Draining; a rollback never says Building); a proxy-only change re-renders nginx without new workers;
 kill -9 of the gunicorn master; a crash between any two rotation steps converges (simulated at
 each step, and a real kill -9 of the agent process); GC keeps
 exactly revisionHistoryLimit releases besides the serving one; the CLI.
@@ -137,6 +138,29 @@ def test_rollback_to_retained_release_builds_nothing(host, package_index, port):
     assert package_index.index.requests == []  # no resolver, no download
     assert not any("uv" in Path(argv[0]).name or "pip" in argv for argv in host.executor.log[commands_before:])
     assert served_version(port) == "1.0.0"
+
+
+def test_progress_hears_each_phase_as_its_step_begins(host, package_index, port):
+    heard: list[tuple[str, str]] = []
+    core.reconcile(host, release_for(package_index.url, "1.0.0", port=port), progress=lambda *p: heard.append(p))
+    phases = list(dict.fromkeys(phase for phase, _ in heard))
+    assert phases == ["Building", "Starting", "HealthChecking", "Switching"], heard  # nothing to drain yet
+    building = [message for phase, message in heard if phase == "Building"]
+    assert building[0].startswith("building the venv of 1.0.0 (buildId ") and building[0].endswith("finding python3.11")
+    assert any(m.endswith("resolving the requirements") for m in building)
+    assert any(m.endswith("installing 2 packages") for m in building), building
+
+    v2 = release_for(package_index.url, "2.0.0", port=port)
+    heard.clear()
+    core.reconcile(host, v2, progress=lambda *p: heard.append(p))
+    assert list(dict.fromkeys(phase for phase, _ in heard)) == [
+        "Building", "Starting", "HealthChecking", "Switching", "Draining"]
+    assert ("Starting", f"starting revision {v2.spec.revision} (2.0.0)") in heard
+
+    heard.clear()  # back to 1.0.0: on disk, so nothing is built and Building is never said
+    back = core.reconcile(host, release_for(package_index.url, "1.0.0", port=port), progress=lambda *p: heard.append(p))
+    assert back.status.phase == "Ready"
+    assert list(dict.fromkeys(phase for phase, _ in heard)) == ["Starting", "HealthChecking", "Switching", "Draining"]
 
 
 def test_proxy_only_change_rewrites_nginx_without_new_workers(host, package_index, port):

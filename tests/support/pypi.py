@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -159,12 +160,14 @@ class LocalIndex:
 
     Pages are computed per request, so wheels copied in later are served too.
     `/simple/` lists projects, `/simple/<project>/` links files with `#sha256=` fragments,
-    `/files/<name>` serves a file. Every request is appended to `requests`.
+    `/files/<name>` serves a file. Every request is appended to `requests`. `delay_seconds`
+    makes each answer wait, like an index across the internet (a build that takes a while).
     """
 
-    def __init__(self, directory: Path, port: int = 0):
+    def __init__(self, directory: Path, port: int = 0, delay_seconds: float = 0.0):
         self.directory = Path(directory)
         self.port_wanted = port
+        self.delay_seconds = delay_seconds
         self._lock = threading.Lock()
         self._requests: list[IndexRequest] = []
         self._server: ThreadingHTTPServer | None = None
@@ -263,6 +266,8 @@ class LocalIndex:
         return 404, "text/plain", b"not found\n"
 
     def _serve(self, handler: BaseHTTPRequestHandler, *, head: bool) -> None:
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)
         status, content_type, body = self._respond(handler.path)
         with self._lock:
             self._requests.append(IndexRequest(handler.command, handler.path, status))

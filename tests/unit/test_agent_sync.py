@@ -9,6 +9,13 @@ changes emit an Event; the worker: an invalid HostRelease gets Failed with the v
 message (after the finalizer, without a crash), one whose spec.node is not this node is
 refused, a deletion it has no finalizer on is left alone, and transient API errors are
 retried with backoff.
+Live phases: a progress status keeps what is known of the serving revision and clears an old
+log tail; the Ready condition is Unknown while a phase is in progress; phases are written
+for a new spec or after a failure, not for drift repair of a Ready host; the throttle
+(`PhaseThrottle`) writes at most once per interval, drops a phase whose step ended before
+its window opened, and writes one whose step still runs when it opens; the `PhaseWriter`
+thread does that in real time and `close()` waits for a write in flight; the worker writes
+Pending, the phases that lasted, then Ready, in that order.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from apprelease.agent import cluster, sync
+from apprelease.agent import cluster, phases, sync
 from apprelease.agent.kube import FINALIZER, Listed
 from apprelease.agent.workqueue import WorkQueue
 from apprelease.api.models import HostReleaseStatus
+from apprelease.host import core, plan
 
 pytestmark = pytest.mark.unit
 
@@ -234,3 +242,121 @@ def test_transient_errors_are_retried_with_backoff():
     agent._process("ns/web-node-a")
     assert api.calls == [] and len(agent.queue) == 1
     assert agent.queue.get(1) == "ns/web-node-a"  # after the backoff delay
+
+
+# -- live phases -----------------------------------------------------------------------
+
+
+def test_progress_status_keeps_the_serving_revision():
+    before = status(phase="Failed", serving_revision="r1", serving_version="1.0.0", log_tail="boom")
+    now = sync.progress_status(before, 4, "HealthChecking", "checking /healthz")
+    assert (now.phase, now.observed_generation, now.message) == ("HealthChecking", 4, "checking /healthz")
+    assert (now.serving_revision, now.serving_version, now.log_tail) == ("r1", "1.0.0", None)
+    assert sync.pending_status(before, 4, "moving").phase == "Pending"
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Building", "Starting", "HealthChecking", "Switching", "Draining"])
+def test_ready_condition_is_unknown_while_in_progress(phase):
+    (cond,) = sync.with_ready_condition(status(phase=phase, message="working"), None).conditions
+    assert cond.status == "Unknown" and cond.message == "working"
+    assert cond.reason == ("Reconciling" if phase == "Pending" else phase)
+
+
+@pytest.mark.parametrize(("stored", "generation", "shows"), [
+    (None, 1, True),
+    (status(phase="Ready", observed_generation=1), 2, True),
+    (status(phase="Pending", observed_generation=2), 2, True),
+    (status(phase="Failed", observed_generation=2), 2, True),
+    (status(phase="Ready", observed_generation=2), 2, False),
+], ids=["first", "new-spec", "new-spec-pending", "after-failure", "drift-repair-of-ready"])
+def test_which_reconciles_show_phases(stored, generation, shows):
+    assert sync.shows_phases(stored, generation) is shows
+
+
+def test_throttle_writes_at_most_once_per_interval():
+    t = phases.PhaseThrottle(interval=0.5, min_age=0.1, last_write=10.0)  # Pending written at 10.0
+    t.report("Building", "resolving", 10.01)
+    assert t.due() == 10.5 and t.take(10.2) is None
+    assert t.take(10.5) == ("Building", "resolving")
+    t.report("Building", "installing 2 packages", 10.7)
+    assert t.take(10.9) is None and t.take(11.0) == ("Building", "installing 2 packages")
+    assert t.due() is None and t.take(99.0) is None
+
+
+def test_throttle_drops_a_phase_whose_step_ended_before_its_window():
+    t = phases.PhaseThrottle(interval=0.5, min_age=0.1, last_write=10.0)
+    t.report("Starting", "starting r2", 10.1)  # takes 20 ms ...
+    t.report("HealthChecking", "checking /healthz", 10.12)  # ... and is superseded before 10.5
+    assert t.take(10.5) == ("HealthChecking", "checking /healthz")
+    t.report("Switching", "switching", 11.5)
+    t.finish()  # the reconcile ended: the final status follows, not Switching
+    assert t.take(12.0) is None
+
+
+def test_throttle_a_phase_churning_messages_is_still_written():
+    t = phases.PhaseThrottle(interval=0.5, min_age=0.1, last_write=10.0)
+    for i in range(10):  # a build whose stage changes every 50 ms
+        t.report("Building", f"stage {i}", 10.0 + i * 0.05)
+    assert t.take(10.5) == ("Building", "stage 9")
+
+
+def test_throttle_waits_for_min_age_even_when_the_window_is_open():
+    t = phases.PhaseThrottle(interval=0.5, min_age=0.1)  # nothing written yet by this agent
+    t.report("Starting", "starting r2", 5.0)
+    assert t.due() == 5.1 and t.take(5.05) is None
+    t.report("HealthChecking", "checking", 5.02)  # Starting lasted 20 ms: never written
+    assert t.take(5.1) is None and t.take(5.12) == ("HealthChecking", "checking")
+    t.report("HealthChecking", "checking", 6.0)  # said already: nothing to write
+    assert t.due() is None
+
+
+def test_writer_thread_writes_the_phase_still_running_and_close_drops_the_rest():
+    written: list[tuple[str, str, float]] = []
+    start = time.monotonic()
+    writer = phases.PhaseWriter(lambda p, m: written.append((p, m, time.monotonic() - start)), interval=0.2,
+                                min_age=0.05, last_write=start)
+    writer.report("Starting", "s")
+    writer.report("HealthChecking", "h")  # Starting ended before the window opened
+    time.sleep(0.6)
+    writer.report("Switching", "w")  # the window is open: written after min_age, from the thread
+    time.sleep(0.3)
+    writer.report("Draining", "d")  # within the interval of Switching's write
+    writer.close()
+    assert [(p, m) for p, m, _ in written] == [("HealthChecking", "h"), ("Switching", "w")]
+    assert written[0][2] >= 0.2 and written[1][2] - written[0][2] >= 0.2
+
+
+def test_writer_close_waits_for_a_write_in_flight():
+    done = threading.Event()
+
+    def slow_write(phase: str, message: str) -> None:
+        time.sleep(0.3)
+        done.set()
+
+    writer = phases.PhaseWriter(slow_write, interval=0.5, min_age=0.0)
+    writer.report("Building", "resolving")
+    time.sleep(0.1)  # the write has begun
+    writer.close()
+    assert done.is_set(), "close() returned before the write in flight finished"
+    writer.report("Starting", "late")  # after close: ignored, no thread, no raise
+
+
+def test_worker_writes_pending_the_phases_that_lasted_then_ready(monkeypatch):
+    def fake_reconcile(host, release, tls, progress):
+        progress("Building", "resolving")
+        time.sleep(0.5)
+        progress("Starting", "starting r1")  # milliseconds: superseded before its window
+        progress("HealthChecking", "checking /healthz")
+        time.sleep(0.5)
+        progress("Switching", "switching")  # superseded by the end of the reconcile
+        return core.Result(status=HostReleaseStatus(observed_generation=3, phase="Ready", serving_revision="r1",
+                                                    message="serving 1 (r1)"), plan=plan.Plan())
+
+    monkeypatch.setattr(cluster.core, "reconcile", fake_reconcile)
+    agent, api = agent_with(full_hr())
+    agent.settings.phase_interval = 0.1
+    agent.sync("ns/web-node-a")
+    written = [c[2]["phase"] for c in api.calls if c[0] == "status" and "phase" in c[2]]
+    assert written == ["Pending", "Building", "HealthChecking", "Ready"]
+    (ready,) = [c for c in api.objects["ns/web-node-a"]["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "True"

@@ -9,7 +9,8 @@ Aspects covered:
 - the packages uv names when only a source distribution exists under --only-binary;
 - the sandbox's command line: the build user, no groups or capabilities, no_new_privs, fresh
   PID and mount namespaces, and the paths carried into its private /tmp; never uid 0;
-- the log shows the command the build ran, not the sandbox around it.
+- the log shows the command the build ran, not the sandbox around it;
+- the build's stage read from uv's and pip's output lines (captured from uv 0.13.9 and pip).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from apprelease.host.builder import (
+    build_stage,
     clean_build_env,
     install_command,
     interpreter_candidates,
@@ -30,7 +32,6 @@ from apprelease.host.builder import (
 from apprelease.host.sandbox import BuildIdentity, carried, confine
 
 pytestmark = pytest.mark.unit
-
 
 
 def test_build_env_drops_host_settings() -> None:
@@ -157,3 +158,25 @@ def test_carried_paths() -> None:
     assert carried([Path("/var/lib/x"), Path("/tmp"), Path("/var/tmp/a/b"), Path("/tmpfoo")]) == ["/tmp", "/var/tmp/a/b"]
     with pytest.raises(ValueError, match="/dev/shm"):
         carried([Path("/dev/shm/x")])
+
+
+# Lines as uv 0.13.9 printed them here (`uv pip install --no-progress`), and pip 23's.
+@pytest.mark.parametrize(("tool", "line", "stage"), [
+    ("uv", "Using Python 3.11.2 environment at: v1", None),
+    ("uv", "Resolved 2 packages in 12ms", "resolved 2 packages; downloading what the cache lacks"),
+    ("uv", "Resolved 1 package in 3ms", "resolved 1 package; downloading what the cache lacks"),
+    ("uv", "Prepared 2 packages in 11ms", "installing 2 packages"),
+    ("uv", "Installed 2 packages in 9ms", "compiling bytecode"),
+    ("uv", "Audited 2 packages in 1ms", "nothing to install"),
+    ("uv", "Bytecode compiled 72 files in 364ms", None),
+    ("uv", " + gunicorn==27.0.1", None),
+    ("uv", "WARN Range requests not supported for `webxample-1.0.0-py3-none-any.whl`; streaming wheel", None),
+    ("pip", "Collecting webxample==1.0.0", "resolving: webxample==1.0.0"),
+    ("pip", "  Downloading http://127.0.0.1:8765/files/gunicorn-27.0.1-py3-none-any.whl (85 kB)",
+     "downloading gunicorn-27.0.1-py3-none-any.whl"),
+    ("pip", "  Downloading gunicorn-27.0.1-py3-none-any.whl (85 kB)", "downloading gunicorn-27.0.1-py3-none-any.whl"),
+    ("pip", "Installing collected packages: packaging, gunicorn, webxample", "installing 3 packages"),
+    ("pip", "Successfully installed gunicorn-27.0.1 webxample-1.0.0", None),
+])
+def test_build_stage_from_output(tool, line, stage) -> None:
+    assert build_stage(tool, line) == stage

@@ -3,12 +3,18 @@
 Covers: first deploy; no-op when converged (reconcile twice does nothing the second time);
 a new revision rotates in DESIGN.md's order; proxy-only and runtime-only changes; rollback to
 a release still on disk; convergence after a crash between any two rotation steps; a failed
-revision is terminal (no restart loop); removal; which releases GC collects.
+revision is terminal (no restart loop); removal; which releases GC collects; the live phase
+each step begins (host/progress.py) follows the HostRelease phases' order through any plan.
 """
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
+
+from apprelease.api.models import HostPhase
+from apprelease.host.progress import PHASE_OF_STEP
 
 from apprelease.host.plan import (
     Desired,
@@ -149,3 +155,17 @@ def test_plan_removal(observed, expected):
 )
 def test_collectable(recency, serving, limit, expected):
     assert collectable(recency, serving=serving, limit=limit) == expected
+
+
+@pytest.mark.parametrize(("observed", "expected"), [(o, e) for _, o, e in CASES], ids=[c[0] for c in CASES])
+def test_phases_of_a_plan_follow_the_phase_order(observed, expected):
+    """Whatever the plan, the phases its steps announce never go back (e.g. Draining, then Starting)."""
+    order = get_args(HostPhase)
+    announced = [PHASE_OF_STEP[kind] for kind in plan_release(V2, observed).kinds() if kind in PHASE_OF_STEP]
+    assert announced == sorted(announced, key=order.index)
+
+
+def test_a_rotation_announces_every_in_progress_phase():
+    kinds = plan_release(V2, SERVING_V1).kinds()
+    phases = list(dict.fromkeys(PHASE_OF_STEP[k] for k in kinds if k in PHASE_OF_STEP))
+    assert phases == ["Building", "Starting", "HealthChecking", "Switching", "Draining"]

@@ -3,7 +3,7 @@
 Aspects: `status.halted_reason` counts a halt when it begins (HostFailed, then
 ProgressDeadlineExceeded), not while it lasts, and not for InvalidSpec; `record_rollout`
 turns event reasons into the started/completed counters and sets every host phase (a phase
-left drops to 0); `forget_app` drops an app's gauges; the agent's helpers label builds
+left drops to 0), and knows every phase the HostRelease model has; `forget_app` drops an app's gauges; the agent's helpers label builds
 hit/miss and steps by name; `EndpointServer` serves /metrics in the Prometheus text format
 and checks as 200/503. The end-to-end values are in tests/e2e/test_metrics.py.
 """
@@ -14,12 +14,13 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from typing import get_args
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from apprelease import metrics
-from apprelease.api.models import AppReleaseStatus
+from apprelease.api.models import AppReleaseStatus, HostPhase
 from apprelease.controller import status
 
 pytestmark = pytest.mark.unit
@@ -73,6 +74,11 @@ def test_record_rollout_counts_and_sets_every_phase() -> None:
     metrics.forget_app(ns, app)
     assert metrics.OPERATOR.get_sample_value("apprelease_hosts", {**labels, "phase": "Ready"}) is None
     metrics.forget_app(ns, app)  # twice: nothing left to remove, no error
+
+
+def test_host_phases_are_the_models_phases() -> None:
+    # metrics is a leaf (it may not import the api), so it keeps its own copy: the same words, same order.
+    assert metrics.HOST_PHASES == get_args(HostPhase)
 
 
 def test_agent_helpers_label_builds_and_steps() -> None:

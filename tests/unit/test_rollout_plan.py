@@ -2,7 +2,7 @@
 
 Covers: first deploy creates every host (and costs no budget); batch sizes with
 maxUnavailable 1, 2 and "50%" (rounded down, at least 1); the next batch waits while the
-current one is unsettled (never-reported, Pending, Building); a host failed on the desired
+current one is unsettled (never-reported, Pending, and every live phase Building .. Draining); a host failed on the desired
 spec halts the rollout; a host failed on an older spec is updated (revert); paused;
 a newer spec supersedes a rollout in progress (unsettled hosts move on at no extra cost);
 nodes added and removed (and deleted HostReleases not touched twice); which HostReleases
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 
+from apprelease.api.models import IN_PROGRESS_PHASES
 from apprelease.controller.plan import (
     AGENT_FINALIZER,
     HostView,
@@ -159,3 +160,12 @@ def test_finalizer_released_only_for_deleting_hosts_of_missing_nodes():
         "failed-first-deploy", "failed-serving-revision", "building-first", "terminating"])
 def test_host_predicates(view, settled, failed, ready, serving):
     assert (view.settled, view.failed, view.ready(spec("r2")), view.serving()) == (settled, failed, ready, serving)
+
+
+@pytest.mark.parametrize("phase", IN_PROGRESS_PHASES)
+def test_live_phases_are_unsettled_and_the_old_revision_still_serves(phase):
+    """The agent's live phases (Building .. Draining) count like Pending: the batch is still moving."""
+    view = host("a", "r2", phase, serving="r1")
+    assert (view.settled, view.failed, view.ready(spec("r2")), view.serving()) == (False, False, False, True)
+    hosts = [view, host("b", "r1"), host("c", "r1")]
+    assert next_step(desired("r2", *ABC), hosts, 1, False).updates == ()  # maxUnavailable 1: b waits for a

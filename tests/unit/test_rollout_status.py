@@ -11,6 +11,8 @@ rollout events (RolloutStarted, HostUpdated, HostFailed, RolloutComplete) each o
 the time left until the progress deadline. One reconcile pass against an in-memory API:
 creates, then writes nothing when nothing changed; an invalid spec is reported once and
 touches no host. The API edge: owner lookup, status merge patch, stored-spec normalization.
+A host in any live phase (Building .. Draining) gives the same conditions and counts as one
+Pending, so Argo CD's health check (which reads only those) maps it the same: Progressing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apprelease.api.models import AppReleaseStatus, RetainedRelease
+from apprelease.api.models import IN_PROGRESS_PHASES, AppReleaseStatus, RetainedRelease
 from apprelease.controller.plan import HostView, Step
 from apprelease.controller.handlers import owner_of
 from apprelease.controller.kube import host_view, status_patch
@@ -353,3 +355,17 @@ def test_host_view_normalizes_stored_spec():
     view = host_view(stored)
     assert view.node == "n1" and view.updated(hr.spec.wire()) and view.ready(hr.spec.wire())
     assert host_view({**stored, "spec": {"bogus": 1}}).spec is None
+
+
+@pytest.mark.parametrize("phase", IN_PROGRESS_PHASES)
+def test_a_live_phase_counts_like_pending(phase):
+    def status_with(host_phase: str) -> AppReleaseStatus:
+        return compute_status(rollout("r2", [host("a", "r2", host_phase, serving="r1"), host("b", "r1")]), None, T0)
+
+    live, pending = status_with(phase), status_with("Pending")
+    assert reasons(live) == reasons(pending) == {
+        "Available": ("True", "MinimumHostsAvailable"), "Progressing": ("True", "RolloutInProgress"),
+        "Degraded": ("False", "NoHostFailed")}
+    assert [c.message for c in live.conditions] == [c.message for c in pending.conditions]
+    assert (live.ready, live.updated_hosts, live.ready_hosts) == (pending.ready, 1, 0)
+    assert [(h.node, h.phase) for h in live.hosts] == [("a", phase), ("b", "Ready")]  # the phase is passed on

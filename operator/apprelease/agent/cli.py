@@ -213,6 +213,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  if port]
     try:
         agent.run(stop)
+    except core.StepFailed as exc:  # the host cannot be run (its root, its nginx): one line says why
+        logging.getLogger(__name__).error("cannot run this host: %s", exc)
+        return 1
     finally:
         for endpoint in endpoints:
             endpoint.stop()

@@ -6,7 +6,8 @@ Started by `apprelease agent run` (agent/cli.py). Three threads:
   `apprelease.dev/node=<node>`, all namespaces), keeps the latest object of each in a
   cache and enqueues its key; it re-lists on 410 Gone and reconnects with backoff on errors;
 - one worker takes keys off the queue (agent/workqueue.py) one at a time and reconciles
-  them: finalizer, `core.reconcile`, status (only when it changed), Events; on deletion
+  them: finalizer, `core.reconcile`, status (only when it changed; while a rotation runs,
+  its live phases, throttled, from a short-lived thread: agent/phases.py), Events; on deletion
   `core.remove` and the finalizer goes; after each full list it also removes apps on disk
   that no HostRelease names any more ("sweep"); failures are retried with backoff;
 - the caller's thread (`run`) re-enqueues every known key each `resync_seconds`, which
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,7 +35,8 @@ from ..api.manifests import explain
 from ..api.models import HostRelease, HostReleaseStatus
 from ..host import core
 from ..host.layout import app_key, parse_watcher_name
-from . import kube, sync
+from ..host.progress import no_progress
+from . import kube, phases, sync
 from .kube import FINALIZER, Obj
 from .workqueue import WorkQueue
 
@@ -50,6 +53,8 @@ class Settings:
     backoff_initial: float = 0.5
     backoff_max: float = 8.0  # short: after an apiserver outage the agent is back within seconds
     retry_max: float = 60.0  # a failing key is retried at most this far apart (and at each resync)
+    phase_interval: float = phases.DEFAULT_INTERVAL  # at most one live-phase write this often per HostRelease
+    phase_min_age: float = phases.DEFAULT_MIN_AGE  # a step shorter than this never shows as a phase
 
 
 class Backoff:
@@ -141,9 +146,11 @@ class ClusterAgent:
         self.health = Health()
         self._watch_api = api_factory()  # each thread its own client: separate connection pools
         self._work_api = api_factory()
+        self._phase_api = api_factory()  # the live-phase writer's thread (agent/phases.py)
         self._failures: dict[str, Backoff] = {}
         # key -> (uid, status wire) last written: the cache may not have seen our own write yet.
         self._written: dict[str, tuple[str | None, dict]] = {}
+        self._written_at: dict[str, float] = {}  # key -> time.monotonic() of that write: phases are throttled from it
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -267,6 +274,7 @@ class ClusterAgent:
         obj = self.cache.get(key)
         if obj is None:
             self._written.pop(key, None)
+            self._written_at.pop(key, None)
             return  # gone: the sweep removes its app unless another HostRelease names it
         if obj["metadata"].get("deletionTimestamp"):
             self._finalize(key, obj)
@@ -288,14 +296,25 @@ class ClusterAgent:
             pending = sync.pending_status(previous, generation, f"moving to {release.spec.version} ({release.spec.revision})")
             self._write_status(key, obj, pending)
             previous, _ = self._stored_status(key, obj)
-        self._write_status(key, obj, self._reconcile(release, previous))
+        self._write_status(key, obj, self._reconcile(key, obj, release, previous))
 
-    def _reconcile(self, release: HostRelease, previous: HostReleaseStatus | None) -> HostReleaseStatus:
+    def _reconcile(self, key: str, obj: Obj, release: HostRelease, previous: HostReleaseStatus | None) -> HostReleaseStatus:
         generation = release.metadata.generation
+        writer = None
+        if sync.shows_phases(previous, generation):
+            writer = phases.PhaseWriter(
+                lambda phase, message: self._write_phase(key, obj, generation, phase, message),
+                interval=self.settings.phase_interval, min_age=self.settings.phase_min_age,
+                last_write=self._written_at.get(key, float("-inf")),
+                name=f"phases {key}")
         try:
-            result = core.reconcile(self.host, release, self._tls_source)
+            result = core.reconcile(self.host, release, self._tls_source,
+                                    progress=writer.report if writer else no_progress)
         except core.StepFailed as exc:  # before any action: the TLS Secret is missing or unusable
             return sync.failed_status(previous, generation, str(exc))
+        finally:
+            if writer is not None:
+                writer.close()  # before the final status: no phase write may land after it
         # A converged host plans nothing at every resync: only work is worth an INFO line.
         log.log(logging.INFO if result.plan else logging.DEBUG, "%s/%s: %s -> %s (%s)",
                 release.metadata.namespace, release.metadata.name,
@@ -349,7 +368,13 @@ class ClusterAgent:
             return HostReleaseStatus.model_validate(written[1]), written[1]
         return sync.parse_status(obj), obj.get("status") or {}
 
-    def _write_status(self, key: str, obj: Obj, status: HostReleaseStatus) -> None:
+    def _write_phase(self, key: str, obj: Obj, generation: int | None, phase: str, message: str) -> None:
+        """A live phase (the PhaseWriter's thread, while the worker runs the step)."""
+        stored, _ = self._stored_status(key, obj)
+        self._write_status(key, obj, sync.progress_status(stored, generation, phase, message), api=self._phase_api)
+
+    def _write_status(self, key: str, obj: Obj, status: HostReleaseStatus,
+                      api: kube.HostReleaseAPI | None = None) -> None:
         """Patch the status subresource, if `status` says something new."""
         stored, stored_wire = self._stored_status(key, obj)
         status = sync.with_ready_condition(status, stored)
@@ -358,12 +383,14 @@ class ClusterAgent:
         meta = obj["metadata"]
         new_wire = status.wire()
         try:
-            updated = self._work_api.patch_status(meta["namespace"], meta["name"], sync.merge_patch(stored_wire, new_wire))
+            updated = (api or self._work_api).patch_status(
+                meta["namespace"], meta["name"], sync.merge_patch(stored_wire, new_wire))
         except Exception as exc:
             if kube.is_transient(exc):
                 raise Retry(f"writing status of {key}") from exc
             raise
         self._written[key] = (meta.get("uid"), new_wire)
+        self._written_at[key] = time.monotonic()
         log.info("%s: status %s: %s", key, status.phase, status.message)
         event = sync.event_for(stored, status)
         if event:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.models import APP_LABEL, Condition, HostReleaseStatus
+from ..api.models import APP_LABEL, IN_PROGRESS_PHASES, Condition, HostReleaseStatus
 from ..host import state
 from ..host.layout import app_key
 
@@ -95,7 +95,8 @@ def with_ready_condition(status: HostReleaseStatus, previous: HostReleaseStatus 
     """`status` with a Ready condition mirroring its phase; the transition time moves only
     when the condition's status does."""
     ready = status.phase == READY
-    value = "True" if ready else ("Unknown" if status.phase == "Pending" else "False")
+    # Not known yet while the host works on the spec: the old revision may well still serve.
+    value = "True" if ready else ("Unknown" if status.phase in ("Pending", *IN_PROGRESS_PHASES) else "False")
     reason = {"Ready": "Serving", "Pending": "Reconciling"}.get(status.phase or "", status.phase or "Unknown")
     before = next((c for c in previous.conditions if c.type == READY), None) if previous else None
     since = before.last_transition_time if before and before.status == value else state.now()
@@ -116,11 +117,26 @@ def failed_status(previous: HostReleaseStatus | None, generation: int | None, me
 
 
 def pending_status(previous: HostReleaseStatus | None, generation: int | None, message: str) -> HostReleaseStatus:
+    return progress_status(previous, generation, "Pending", message)
+
+
+def progress_status(previous: HostReleaseStatus | None, generation: int | None, phase: str,
+                    message: str) -> HostReleaseStatus:
+    """Working on this generation (Pending, or a live phase such as HealthChecking); what is
+    known of the serving revision stays as it was, since it still serves."""
     base = previous or HostReleaseStatus()
     return base.model_copy(update={
-        "observed_generation": generation, "phase": "Pending", "message": message,
+        "observed_generation": generation, "phase": phase, "message": message,
         "log_tail": None, "updated_at": state.now(),
     })
+
+
+def shows_phases(stored: HostReleaseStatus | None, generation: int | None) -> bool:
+    """Whether a reconcile writes its live phases: yes while the host moves to a spec (or
+    after a failure), no when it repairs drift on a host already Ready on this spec — a
+    resync restoring a deleted nginx site is not a rollout, and must not make the operator
+    count the host as unsettled."""
+    return stored is None or stored.observed_generation != generation or stored.phase != READY
 
 
 def is_new_generation(stored: HostReleaseStatus | None, generation: int | None) -> bool:

@@ -324,7 +324,12 @@ class AppReleaseStatus(Model):
     )
 
 
-HostPhase = Literal["Pending", "Building", "Starting", "Ready", "Failed", "Terminating"]
+# What a host is doing for its HostRelease, in rotation order (DESIGN.md's steps): the agent
+# writes the in-progress phases as each step begins (throttled, agent/phases.py), then Ready or
+# Failed. Building..Draining are unsettled like Pending; the old revision serves throughout.
+HostPhase = Literal["Pending", "Building", "Starting", "HealthChecking", "Switching", "Draining", "Ready", "Failed",
+                    "Terminating"]
+IN_PROGRESS_PHASES = ("Building", "Starting", "HealthChecking", "Switching", "Draining")
 
 
 class BuildRecord(Model):

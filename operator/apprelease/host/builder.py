@@ -37,7 +37,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,6 +179,41 @@ def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+# uv's summary lines (printed with --no-progress too, one per stage, as each stage ends).
+_UV_STAGE = re.compile(r"^(Resolved|Prepared|Installed|Audited) (\d+) packages?\b")
+_PIP_INSTALLING = re.compile(r"^Installing collected packages: (.+)$")
+
+
+def build_stage(tool: Tool, line: str) -> str | None:
+    """What a build is doing next, judged from one line of uv's or pip's output; None when the
+    line says nothing about it. Status shows it while the `install` command runs.
+
+    uv prints one summary line per stage, not per package (its per-package output is DEBUG
+    logging, not something to parse), so uv builds say "downloading" without n/N; pip names
+    each file it downloads.
+    """
+    if tool == "uv":
+        found = _UV_STAGE.match(line)
+        if not found:
+            return None
+        word, count = found.group(1), int(found.group(2))
+        return {
+            "Resolved": f"resolved {count} package{'s' * (count != 1)}; downloading what the cache lacks",
+            "Prepared": f"installing {count} package{'s' * (count != 1)}",
+            "Installed": "compiling bytecode",
+            "Audited": "nothing to install",
+        }[word]
+    if line.startswith("Collecting "):
+        return f"resolving: {line.removeprefix('Collecting ').strip()}"
+    if line.strip().startswith("Downloading "):
+        return f"downloading {line.strip().removeprefix('Downloading ').split(' ')[0].rsplit('/', 1)[-1]}"
+    found = _PIP_INSTALLING.match(line)
+    if found:
+        count = len(found.group(1).split(","))
+        return f"installing {count} package{'s' * (count != 1)}"
+    return None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -223,13 +258,15 @@ def ensure_release(
     identity: BuildIdentity | None,
     python_search_path: Sequence[str] = DEFAULT_PYTHON_SEARCH_PATH,
     timeout: float = 900,
+    on_stage: Callable[[str], None] | None = None,
 ) -> BuildResult:
     """Make sure `releases/<spec.build_id>` exists and is complete; build it if not.
 
     With `uv` (path of the uv binary) the venv is made by uv with the app's own cache
     (`cache/uv` under the app); with `uv=None` by `python -m venv` and pip. Both run as
     `identity`, the app's build user. Raises `BuildFailed`, leaving no trace in `releases/`
-    but the app's cache.
+    but the app's cache. `on_stage` hears what a real build is doing ("resolving",
+    "installing 2 packages", ...); a reused release says nothing.
     """
     started = time.monotonic()
     paths = layout.app(key)
@@ -252,7 +289,7 @@ def ensure_release(
         os.chown(tmp, identity.uid, identity.gid)
         interpreter = _build_into(
             tmp, paths, spec, executor, build_log, uv=uv, identity=identity, search_path=python_search_path,
-            timeout=timeout,
+            timeout=timeout, on_stage=on_stage or (lambda _: None),
         )
         record = release_document(
             spec,
@@ -283,11 +320,13 @@ def _build_into(
     identity: BuildIdentity,
     search_path: Sequence[str],
     timeout: float,
+    on_stage: Callable[[str], None],
 ) -> Interpreter:
     build_id = spec.build_id
     tool: Tool = "uv" if uv else "pip"
     env = clean_build_env(os.environ)
     # The interpreter probe runs the host's python, not the tenant's code: root may run it.
+    on_stage(f"finding python{spec.python}")
     interpreter = find_interpreter(spec.python, search_path, executor, env, build_id=build_id)
     env["HOME"] = str(tmp / BUILD_HOME)
     env.pop("TMPDIR", None)  # the sandbox's private /tmp
@@ -298,6 +337,7 @@ def _build_into(
 
     wheel_file = None
     if spec.source.wheel is not None:
+        on_stage(f"downloading {wheel_filename(spec.source.wheel.url)}")
         wheel_file = download_wheel(
             spec.source.wheel.url, spec.source.wheel.sha256, tmp / DOWNLOAD_DIR, build_id=build_id
         )
@@ -316,10 +356,19 @@ def _build_into(
             only_binary=bool(spec.source.only_binary),
         ),
     ]
+    stages = (f"creating the venv (Python {interpreter.full})", "resolving the requirements")
+
+    def on_line(line: str) -> None:
+        stage = build_stage(tool, line)
+        if stage:
+            on_stage(stage)
+
     visible = [tmp, paths.build_cache, *([Path(uv).parent] if uv else [])]
-    for argv in commands:
-        _run_step(executor, confine(argv, identity, visible), env, build_log, build_id=build_id, tool=tool, timeout=timeout,
-                  only_binary=bool(spec.source.only_binary))
+    for argv, stage in zip(commands, stages, strict=True):
+        on_stage(stage)
+        _run_step(executor, confine(argv, identity, visible), env, build_log, build_id=build_id, tool=tool,
+                  timeout=timeout, on_line=on_line, only_binary=bool(spec.source.only_binary))
+    on_stage("checking that gunicorn imports")
 
     # Importing runs the venv's code (.pth files, gunicorn's __init__): confined too.
     probe = confine([str(venv / "bin" / "python"), "-c", GUNICORN_PROBE], identity, visible)
@@ -354,11 +403,12 @@ def _run_step(
     build_id: str,
     tool: Tool,
     timeout: float,
+    on_line: Callable[[str], None],
     only_binary: bool = False,
 ) -> None:
     shown = unconfined(argv)
     try:
-        proc = executor.run(argv, env=env, timeout=timeout)
+        proc = executor.run(argv, env=env, timeout=timeout, on_line=on_line)
     except CommandFailed as exc:
         build_log.add(shown, exc.output)
         reason = f"{tool}: {Path(shown[0]).name} exited with {exc.returncode}"
@@ -574,7 +624,6 @@ def _discard(tmp: Path, exc: BaseException) -> None:
 
 def _make_dirs(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o755)
-
 
 
 # ------------------------------------------------------------------------- the store / GC

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..api.models import BuildRecord, HostRelease, HostReleaseSpec, HostReleaseStatus
 from . import builder, health, plan, state, users
+from .progress import BUILDING, PHASE_OF_STEP, Progress, no_progress
 from .executor import LocalExecutor
 from .layout import TMP_PREFIX, AppPaths, HostLayout, app_key, parse_watcher_name, watcher_name
 from .proxy.nginx import Nginx, ProxyConfigRejected
@@ -170,18 +171,38 @@ class _Apply:
     """Performs one plan's actions for one app, in order; the first failure stops it."""
 
     def __init__(self, host: Host, key: str, spec: HostReleaseSpec | None = None, site: str = "",
-                 app_state: state.AppState | None = None, namespace: str | None = None):
+                 app_state: state.AppState | None = None, namespace: str | None = None,
+                 progress: Progress = no_progress):
         self.host, self.key, self.spec, self.site, self.namespace = host, key, spec, site, namespace
         self.state = app_state or state.AppState()
         self.paths = host.layout.app(key)
+        self.progress = progress
 
     def run(self, actions: tuple[plan.Action, ...], steps: list[Step]) -> None:
         for action in actions:
             started = time.monotonic()
             log.info("%s: %s", self.key, action)
+            self._announce(action)
             getattr(self, "do_" + action.kind.replace("-", "_"))(action.target)
             steps.append(Step(str(action), started, time.monotonic() - started))
             self.host.recorder.step_done(action.kind, steps[-1].seconds)  # completed steps only: a failure raised above
+
+    def _announce(self, action: plan.Action) -> None:
+        """Tell `progress` which phase begins with this step (ensure-release: the builder does)."""
+        phase = PHASE_OF_STEP.get(action.kind)
+        if phase is None or action.kind == plan.ENSURE_RELEASE or self.spec is None:
+            return
+        spec, target = self.spec, action.target
+        messages = {
+            plan.START: f"starting revision {target} ({spec.version})",
+            plan.HEALTH: f"checking {spec.health_check.path} through revision {target}'s own socket "
+                         f"(up to {spec.health_check.timeout_seconds}s)",
+            plan.WRITE_SITE: "applying the nginx site (nginx -t, then reload)",
+            plan.SWITCH: f"switching traffic to revision {target} ({spec.version})",
+            plan.SETTLE: f"letting requests already queued on the old revision land ({self.host.settle_seconds:g}s)",
+            plan.STOP: f"stopping revision {target} gracefully (up to {spec.server.graceful_timeout_seconds}s)",
+        }
+        self.progress(phase, messages[action.kind])
 
     def do_clean_temp_builds(self, _: str) -> None:
         builder.remove_temp_builds(self.paths)
@@ -202,8 +223,11 @@ class _Apply:
             if not self.paths.release(build_id).is_dir():  # a reuse runs nothing: no build user needed
                 assert self.namespace is not None, "a build needs the app's namespace (its build user)"
                 identity = users.ensure_build_user(self.namespace, self.spec.app, self.host.executor)
-            result = builder.ensure_release(self.host.layout, self.key, self.spec, self.host.executor,
-                                            uv=self.host.uv, identity=identity)
+            result = builder.ensure_release(
+                self.host.layout, self.key, self.spec, self.host.executor, uv=self.host.uv, identity=identity,
+                on_stage=lambda stage: self.progress(
+                    BUILDING, f"building the venv of {self.spec.version} (buildId {build_id}): {stage}"),
+            )
         except builder.BuildFailed as exc:
             raise StepFailed(f"venv build {build_id} failed: {exc}", exc.log_tail) from None
         except users.UnsafeUser as exc:
@@ -267,8 +291,12 @@ class _Apply:
         shutil.rmtree(self.paths.base, ignore_errors=False)
 
 
-def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None) -> Result:
-    """Move this host to `release.spec`; never leaves it without the previously serving revision."""
+def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None,
+              progress: Progress = no_progress) -> Result:
+    """Move this host to `release.spec`; never leaves it without the previously serving revision.
+
+    `progress` hears the phase of each step as it begins (host/progress.py); the returned
+    status is the final word (Ready or Failed)."""
     spec, namespace = release.spec, release.metadata.namespace
     key = app_key(namespace, spec.app)
     paths = host.layout.app(key)
@@ -294,7 +322,7 @@ def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None) ->
     error: StepFailed | None = None
     paths.base.mkdir(parents=True, exist_ok=True)
     try:
-        _Apply(host, key, spec, site, app_state, namespace).run(the_plan.actions, result.steps)
+        _Apply(host, key, spec, site, app_state, namespace, progress).run(the_plan.actions, result.steps)
     except StepFailed as exc:
         error = exc
         log.warning("%s: %s", key, exc)

@@ -8,8 +8,11 @@ Files under the agent root are touched directly: the DaemonSet mounts it at the 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -38,19 +41,27 @@ class LocalExecutor:
         timeout: float | None = 600,
         check: bool = True,
         input: str | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run to completion; output is stdout and stderr together. With `on_line`, each line is
+        also handed over as the command prints it (a build's progress), not only at the end."""
         full = self.command(argv)
         self.log.append(full)
-        proc = subprocess.run(
-            full,
-            env=dict(env) if env is not None else None,
-            input=input,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        if on_line is not None:
+            if input is not None:
+                raise ValueError("on_line and input cannot be combined")
+            proc = _run_streaming(full, env, timeout, on_line)
+        else:
+            proc = subprocess.run(
+                full,
+                env=dict(env) if env is not None else None,
+                input=input,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
         if check and proc.returncode != 0:
             raise CommandFailed(full, proc.returncode, proc.stdout)
         return proc
@@ -67,6 +78,52 @@ class LocalExecutor:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+
+def _run_streaming(argv: list[str], env: Mapping[str, str] | None, timeout: float | None,
+                   on_line: Callable[[str], None]) -> subprocess.CompletedProcess[str]:
+    """subprocess.run's contract (output, returncode, TimeoutExpired), reading line by line."""
+    # Its own process group, so a timeout kills what it started too (uv's bytecode compilers):
+    # a grandchild holding the pipe open would keep us reading after the kill.
+    proc = subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            process_group=0)
+    expired = threading.Event()
+
+    def kill() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def expire() -> None:
+        expired.set()
+        kill()
+
+    # A timer rather than a deadline checked between lines: a command that prints nothing
+    # for a long time still gets killed on time.
+    timer = threading.Timer(timeout, expire) if timeout is not None else None
+    lines: list[str] = []
+    finished = False
+    try:
+        if timer is not None:
+            timer.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            on_line(line.rstrip("\n"))
+        finished = True
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if not finished:  # on_line raised (or we were interrupted): leave no process behind
+            kill()
+        proc.wait()
+        proc.stdout.close()
+    output = "".join(lines)
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(argv, timeout or 0, output=output)
+    return subprocess.CompletedProcess(argv, proc.returncode, output)
 
 
 def HostExecutor() -> LocalExecutor:  # noqa: N802 - a named configuration, not a class
