@@ -4,12 +4,14 @@ Covers: the same app name in two namespaces gets two users, each recorded for it
 (namespace, app) in GECOS, and both serve; refused with Failed and a message naming the
 user and why, with nothing started: the proxy's user (www-data), nobody, an existing system
 account apprelease did not create, and a user apprelease created for another namespace; an
-account the host's admin allowed for a namespace is used there; removing an app from the
-host deletes its app and build accounts.
+account an older apprelease made for this app (no owner record, the app ran as it) is adopted
+and recorded, while another app may not take it; an account the host's admin allowed for a
+namespace is used there; removing an app from the host deletes its app and build accounts.
 """
 
 from __future__ import annotations
 
+import os
 import pwd
 import subprocess
 from pathlib import Path
@@ -111,3 +113,29 @@ def test_removing_the_app_deletes_its_accounts(host, package_index):
     for name in accounts:
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
+
+
+def test_an_account_an_older_apprelease_made_for_this_app_is_adopted(host, package_index):
+    """Before owner records, apprelease made app users with `useradd --system` and no GECOS: the
+    app that already ran as one (its socket dir is the account's) keeps it, now recorded."""
+    legacy = "ar-legacy-app"
+    subprocess.run(["userdel", legacy], capture_output=True)
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", legacy],
+                   check=True)
+    try:
+        elsewhere = reconcile(host, package_index, "team-c", free_port(), user=legacy)
+        assert elsewhere.status.phase == "Failed"  # no sign that team-c ever ran as it
+        run_dir = host.layout.app(app_key("team-d", "webxample")).run
+        run_dir.mkdir(parents=True)
+        account = pwd.getpwnam(legacy)
+        os.chown(run_dir, account.pw_uid, account.pw_gid)  # what the older agent left
+
+        port = free_port()
+        adopted = reconcile(host, package_index, "team-d", port, user=legacy)
+
+        assert adopted.status.phase == "Ready", adopted.status.message
+        served_by(port)
+        assert pwd.getpwnam(legacy).pw_gecos == "apprelease app team-d/webxample"
+    finally:
+        core.remove(host, "team-d", "webxample")
+        subprocess.run(["userdel", legacy], capture_output=True)

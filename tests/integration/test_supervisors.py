@@ -67,6 +67,9 @@ def tiny_venv() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def app_ids() -> tuple[int, int]:
+    entry = subprocess.run(["getent", "passwd", USER], capture_output=True, text=True).stdout.split(":")
+    if len(entry) > 4 and entry[4] != "apprelease app itest/supervisors":
+        subprocess.run(["userdel", USER], check=True)  # this test's account, left by an older run
     return ensure_user(USER, namespace="itest", app="supervisors")
 
 

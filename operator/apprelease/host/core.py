@@ -212,7 +212,7 @@ class _Apply:
         try:
             users.ensure_user(user, self.host.executor, namespace=self.namespace, app=self.spec.app,
                               allowed_existing=self.host.allowed_users.get(self.namespace, frozenset()),
-                              reserved=frozenset({self.host.proxy_group}))
+                              reserved=frozenset({self.host.proxy_group}), app_dirs=self.paths)
         except users.UnsafeUser as exc:
             raise StepFailed(f"refused: {exc}") from None
         users.prepare_app_dirs(self.paths, user, self.host.proxy_group, self.host.executor)

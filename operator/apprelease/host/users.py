@@ -78,7 +78,8 @@ def _refuse_root(name: str, ids: tuple[int, int] | None) -> None:
 
 
 def refusal(name: str, gecos: str | None, *, namespace: str, app: str,
-            allowed_existing: frozenset[str] = frozenset(), reserved: frozenset[str] = frozenset()) -> str | None:
+            allowed_existing: frozenset[str] = frozenset(), reserved: frozenset[str] = frozenset(),
+            ran_this_app: bool = False) -> str | None:
     """Why (namespace, app) may not run as `name`, or None when it may. Pure.
 
     `gecos` is the account's GECOS field, None when there is no such account (apprelease
@@ -86,6 +87,10 @@ def refusal(name: str, gecos: str | None, *, namespace: str, app: str,
     recorded for another app, or one apprelease did not create, is refused unless the host's
     admin allowed it for this namespace (`allowed_existing`). `reserved` accounts (nginx's
     workers: they may enter every app's socket directory) are refused always.
+
+    `ran_this_app`: the host shows this app already ran as this account (its socket dir is
+    the account's): an account an apprelease before owner records made for it, adopted so an
+    upgrade does not stop every app.
     """
     mine = owner_comment("app", namespace, app)
     if name in reserved:
@@ -97,7 +102,7 @@ def refusal(name: str, gecos: str | None, *, namespace: str, app: str,
         owner = gecos.rsplit(" ", 1)[-1]
         return (f"user {name!r} belongs to {owner} on this host (apprelease created it for that app); "
                 "two apps never share a user: name another one or leave spec.user empty")
-    if name in allowed_existing:
+    if name in allowed_existing or ran_this_app:
         return None
     return (f"user {name!r} already exists on this host and was not created by apprelease for {namespace}/{app}: "
             "apps run as their own user, so leave spec.user empty or name a new one "
@@ -105,17 +110,29 @@ def refusal(name: str, gecos: str | None, *, namespace: str, app: str,
 
 
 def ensure_user(name: str, executor: LocalExecutor | None = None, *, namespace: str, app: str,
-                allowed_existing: frozenset[str] = frozenset(), reserved: frozenset[str] = frozenset()) -> tuple[int, int]:
+                allowed_existing: frozenset[str] = frozenset(), reserved: frozenset[str] = frozenset(),
+                app_dirs: AppPaths | None = None) -> tuple[int, int]:
     """(uid, gid) of the app user `name` of (namespace, app), created as a system user without
-    home or shell and recorded as that app's; `UnsafeUser` when the app may not use it."""
+    home or shell and recorded as that app's; `UnsafeUser` when the app may not use it.
+
+    `app_dirs`: the app's directories on this host, the evidence that it ran as `name` before
+    apprelease recorded owners (see `refusal`); such an account is recorded now.
+    """
     executor = executor or LocalExecutor()
     _refuse_root(name, None)
     rules.POSIX_USER.check(name)
     entry = _passwd(name, executor)
-    why = refusal(name, entry[4] if entry else None, namespace=namespace, app=app,
-                  allowed_existing=allowed_existing, reserved=reserved)
+    gecos = entry[4] if entry else None
+    # What an apprelease before owner records made (useradd --system, no GECOS, nologin), and
+    # this app's socket dir is its: adopt it. Never a service's account (GECOS, a shell).
+    legacy = (entry is not None and app_dirs is not None and gecos == "" and entry[6] == "/usr/sbin/nologin"
+              and _owned_by(app_dirs.run, int(entry[2])))
+    why = refusal(name, gecos, namespace=namespace, app=app, allowed_existing=allowed_existing, reserved=reserved,
+                  ran_this_app=legacy)
     if why:
         raise UnsafeUser(why)
+    if legacy:
+        executor.run(["usermod", "--comment", owner_comment("app", namespace, app), name], timeout=60)
     if entry is None:
         proc = executor.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
@@ -128,6 +145,13 @@ def ensure_user(name: str, executor: LocalExecutor | None = None, *, namespace: 
     ids = (int(entry[2]), int(entry[3]))
     _refuse_root(name, ids)
     return ids
+
+
+def _owned_by(path: Path, uid: int) -> bool:
+    try:
+        return path.lstat().st_uid == uid
+    except FileNotFoundError:
+        return False
 
 
 def remove_accounts(namespace: str, app: str, executor: LocalExecutor | None = None) -> list[str]:
