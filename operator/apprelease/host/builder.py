@@ -21,11 +21,13 @@ filesystem, the network or processes follow.
 
 from __future__ import annotations
 
+import email.parser
 import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -42,9 +44,11 @@ from urllib.parse import unquote, urlsplit
 
 from ..api import identity
 from ..api.models import HostReleaseSpec
+from . import servers
 from .executor import CommandFailed, LocalExecutor
 from .files import fsync_dir
 from .layout import TMP_PREFIX, AppPaths, HostLayout
+from .servers import ServerSoftware
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,8 @@ DOWNLOAD_DIR = "download"
 AMBIENT_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
 # Printed by each candidate interpreter: proves it runs (as root, here) and tells its version.
 PROBE = "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.python_version())"
-GUNICORN_PROBE = "import gunicorn; print(gunicorn.__version__)"
+# Distributions whose versions decide the server's command line (servers.ServerSoftware).
+SERVER_DISTRIBUTIONS = {"gunicorn": "gunicorn", "uvicorn": "uvicorn", "uvicorn_worker": "uvicorn-worker"}
 
 
 class BuildFailed(RuntimeError):
@@ -227,13 +232,14 @@ def ensure_release(
     os.chmod(tmp, 0o755)
     build_log = _BuildLog()
     try:
-        interpreter = _build_into(
+        interpreter, software = _build_into(
             tmp, layout, spec, executor, build_log, uv=uv, search_path=python_search_path, timeout=timeout
         )
         record = release_document(
             spec,
             tool,
             interpreter,
+            software,
             started_at=started_at,
             finished_at=_now(),
             seconds=time.monotonic() - started,
@@ -257,7 +263,7 @@ def _build_into(
     uv: str | None,
     search_path: Sequence[str],
     timeout: float,
-) -> Interpreter:
+) -> tuple[Interpreter, ServerSoftware]:
     build_id = spec.build_id
     tool: Tool = "uv" if uv else "pip"
     env = clean_build_env(os.environ)
@@ -288,25 +294,21 @@ def _build_into(
     for argv in commands:
         _run_step(executor, argv, env, build_log, build_id=build_id, tool=tool, timeout=timeout)
 
-    gunicorn = executor.run([str(venv / "bin" / "python"), "-c", GUNICORN_PROBE], env=env, check=False, timeout=60)
-    build_log.note(f"gunicorn {gunicorn.stdout.strip()}" if gunicorn.returncode == 0 else "gunicorn not importable")
-    if gunicorn.returncode != 0:
-        raise BuildFailed(
-            build_id,
-            "gunicorn is not importable in the venv: the requirements must bring gunicorn "
-            "(apps run as <venv>/bin/python -m gunicorn)",
-            tail(gunicorn.stdout),
-        )
-
     if wheel_file is not None:
         shutil.rmtree(tmp / DOWNLOAD_DIR)
     site_packages = Path("venv") / "lib" / f"python{interpreter.minor}" / "site-packages"
     if not (tmp / site_packages).is_dir():
         raise BuildFailed(build_id, f"the venv has no {site_packages}", build_log.tail())
+    software = detect_server_software(tmp / site_packages)
+    build_log.note(", ".join(f"{name} {version or 'not installed'}" for name, version in software.record().items()))
+    try:
+        servers.check_gunicorn(software)
+    except servers.UnsupportedServer as exc:
+        raise BuildFailed(build_id, str(exc), build_log.tail()) from None
     # Relative, so it stays right after the rename; nginx serves static paths through it.
     os.symlink(site_packages, tmp / "site-packages")
     normalize_modes(tmp)
-    return interpreter
+    return interpreter, software
 
 
 def _run_step(
@@ -405,10 +407,50 @@ def normalize_modes(top: Path) -> None:
             os.chmod(path, 0o755 if mode & 0o111 else 0o644)
 
 
+def _project(name: str) -> str:
+    """PEP 503 normalized project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_version(site_packages: Path, project: str) -> str | None:
+    """Version of an installed distribution, from its dist-info METADATA; None if absent.
+
+    Read from files rather than by importing the package: nothing from the venv runs, so
+    this works the same whoever builds (root today, an unprivileged build user later).
+    """
+    wanted = _project(project)
+    for info in site_packages.glob("*.dist-info"):
+        name, _, _version = info.name.removesuffix(".dist-info").rpartition("-")
+        if _project(name) != wanted:
+            continue
+        try:
+            headers = email.parser.HeaderParser().parsestr((info / "METADATA").read_text(errors="replace"))
+        except OSError:
+            continue
+        if headers["Version"]:
+            return headers["Version"].strip()
+    return None
+
+
+def detect_server_software(site_packages: Path) -> ServerSoftware:
+    """The server packages a venv holds (gunicorn, uvicorn, uvicorn-worker) and their versions."""
+    return ServerSoftware(**{field: installed_version(site_packages, project) for field, project in SERVER_DISTRIBUTIONS.items()})
+
+
+def server_software(release: Path) -> ServerSoftware:
+    """What release.json recorded; detected from the venv for releases built before it did."""
+    try:
+        recorded = ServerSoftware.from_record(json.loads((release / RELEASE_RECORD).read_text()))
+    except (OSError, ValueError):
+        recorded = None
+    return recorded or detect_server_software(release / "site-packages")
+
+
 def release_document(
     spec: HostReleaseSpec,
     tool: Tool,
     interpreter: Interpreter,
+    software: ServerSoftware,
     *,
     started_at: str,
     finished_at: str,
@@ -422,6 +464,7 @@ def release_document(
         "tool": tool,
         "python": interpreter.full,
         "interpreter": str(interpreter.path),
+        **software.record(),
         "startedAt": started_at,
         "finishedAt": finished_at,
         "seconds": round(seconds, 3),

@@ -23,6 +23,7 @@ from .executor import LocalExecutor
 from .layout import TMP_PREFIX, AppPaths, HostLayout, app_key, parse_watcher_name, watcher_name
 from .proxy.nginx import Nginx, ProxyConfigRejected
 from .recorder import Recorder, SilentRecorder
+from .servers import UnsupportedServer
 from .supervisors.base import Supervisor
 from .watchers import watcher_for
 
@@ -201,7 +202,15 @@ class _Apply:
         if name in self.host.supervisor.watchers():  # present but stopped or given up on
             self.host.supervisor.remove(name)
         self.paths.socket(revision).unlink(missing_ok=True)  # a stale socket from a crash
-        self.host.supervisor.add(watcher_for(self.host.layout, self.key, self.spec))
+        software = builder.server_software(self.paths.release(self.spec.build_id))
+        try:
+            watcher = watcher_for(self.host.layout, self.key, self.spec, software)
+        except UnsupportedServer as exc:
+            # As final as a failed health check: this venv will never run this spec.
+            message = f"revision {revision} ({self.spec.version}) cannot start: {exc}"
+            self.state.failed = state.FailedRevision(revision=revision, message=message, log_tail="", at=state.now())
+            raise StepFailed(message) from None
+        self.host.supervisor.add(watcher)
 
     def do_health_check(self, revision: str) -> None:
         check = self.spec.health_check
