@@ -40,6 +40,8 @@ def test_versions_from_metadata_with_normalized_names(site: Path) -> None:
     assert installed_version(site, "uvicorn-worker") == installed_version(site, "Uvicorn_Worker") == "0.4.0"
     assert installed_version(site, "uvicorn") is None
     assert detect_server_software(site) == ServerSoftware(gunicorn="23.0.0", uvicorn=None, uvicorn_worker="0.4.0")
+    dist_info(site, "setuptools-81.0.0", "setuptools", "81.0.0")
+    assert detect_server_software(site).setuptools == "81.0.0"
 
 
 def test_release_record_wins_and_old_releases_are_detected(tmp_path: Path, site: Path) -> None:

@@ -3,7 +3,7 @@
 Covers: the argv (python -m gunicorn, socket, workers/threads/timeouts, extra args before
 the entrypoint), the options by gunicorn version x worker class x what the venv holds
 (--no-control-socket from 25.1 on only, --threads for gthread only, the uvicorn worker's
-import path, refusals naming what is missing or too old), the name from layout.watcher_name, the environment (spec env only, PATH
+import path, refusals naming what is missing or too old, gunicorn 20 without pkg_resources), the name from layout.watcher_name, the environment (spec env only, PATH
 led by the venv's bin, a spec PATH kept behind it), the user/group, the cwd, the logs under
 logs/, and the stop timing (gunicorn's graceful timeout plus a margin, SIGTERM).
 """
@@ -131,7 +131,7 @@ def options_of(argv: tuple[str, ...]) -> tuple[str, ...]:
 @pytest.mark.parametrize(
     ("gunicorn", "control_socket_flag"),
     [
-        pytest.param("20.1.0", False, id="20.1"),
+        pytest.param("20.1.0", False, id="20.1-with-setuptools-81"),
         pytest.param("21.2.0", False, id="21.2"),
         pytest.param("22.0.0", False, id="22.0"),
         pytest.param("23.0.0", False, id="23.0"),
@@ -160,7 +160,7 @@ def test_options_by_gunicorn_version_and_worker_class(
     gunicorn: str, control_socket_flag: bool, worker_class: str, software: dict[str, str], worker_options: tuple[str, ...]
 ) -> None:
     spec = host_spec(server={"workers": 3, "threads": 8, "workerClass": worker_class, "extraArgs": ["--max-requests=9"]})
-    argv = gunicorn_argv(PY, SOCK, spec, ServerSoftware(gunicorn=gunicorn, **software))
+    argv = gunicorn_argv(PY, SOCK, spec, ServerSoftware(gunicorn=gunicorn, setuptools="81.0.0", **software))
     expected = ("--workers", "3", *worker_options, *(("--no-control-socket",) if control_socket_flag else ()), "--max-requests=9")
     assert options_of(argv) == expected
     assert argv[:3] == (str(PY), "-m", "gunicorn") and argv[-1] == "webxample.app:application"
@@ -173,6 +173,11 @@ def test_options_by_gunicorn_version_and_worker_class(
         pytest.param(ServerSoftware(gunicorn="19.9.0"), "gthread", "gunicorn 19.9.0 found", id="gunicorn-19.9"),
         pytest.param(ServerSoftware(gunicorn="20.0.4"), "sync", "needs gunicorn 20.1 or newer", id="gunicorn-20.0"),
         pytest.param(ServerSoftware(gunicorn="23.0.0"), "uvicorn", "neither uvicorn-worker nor uvicorn", id="uvicorn-missing"),
+        pytest.param(
+            ServerSoftware(gunicorn="20.1.0", setuptools="84.2.1"), "gthread", "setuptools 84.2.1: add setuptools<82",
+            id="gunicorn-20-without-pkg-resources",
+        ),
+        pytest.param(ServerSoftware(gunicorn="20.1.0"), "gthread", "no setuptools", id="gunicorn-20-no-setuptools"),
     ],
 )
 def test_refusals_name_what_is_missing(software: ServerSoftware, worker_class: str, words: str) -> None:
@@ -186,7 +191,7 @@ def test_refusals_name_what_is_missing(software: ServerSoftware, worker_class: s
         pytest.param({"buildId": "b1"}, None, id="built-before-the-field"),
         pytest.param({"gunicorn": "23.0.0"}, ServerSoftware("23.0.0"), id="gunicorn-only"),
         pytest.param(
-            {"gunicorn": "23.0.0", "uvicorn": "0.54.0", "uvicornWorker": "0.4.0"},
+            {"gunicorn": "23.0.0", "uvicorn": "0.54.0", "uvicornWorker": "0.4.0", "setuptools": None},
             ServerSoftware("23.0.0", "0.54.0", "0.4.0"), id="with-uvicorn",
         ),
         pytest.param({"gunicorn": None}, ServerSoftware(None), id="recorded-missing"),

@@ -63,7 +63,9 @@ AMBIENT_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
 # Printed by each candidate interpreter: proves it runs (as root, here) and tells its version.
 PROBE = "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.python_version())"
 # Distributions whose versions decide the server's command line (servers.ServerSoftware).
-SERVER_DISTRIBUTIONS = {"gunicorn": "gunicorn", "uvicorn": "uvicorn", "uvicorn_worker": "uvicorn-worker"}
+SERVER_DISTRIBUTIONS = {
+    "gunicorn": "gunicorn", "uvicorn": "uvicorn", "uvicorn_worker": "uvicorn-worker", "setuptools": "setuptools",
+}  # fmt: skip
 
 
 class BuildFailed(RuntimeError):
@@ -433,7 +435,7 @@ def installed_version(site_packages: Path, project: str) -> str | None:
 
 
 def detect_server_software(site_packages: Path) -> ServerSoftware:
-    """The server packages a venv holds (gunicorn, uvicorn, uvicorn-worker) and their versions."""
+    """The server packages a venv holds (gunicorn, uvicorn, uvicorn-worker, setuptools) and their versions."""
     return ServerSoftware(**{field: installed_version(site_packages, project) for field, project in SERVER_DISTRIBUTIONS.items()})
 
 

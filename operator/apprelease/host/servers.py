@@ -13,7 +13,10 @@ Facts from gunicorn's source (config.py at each tag), not guessed from the newes
   the user's home: a system user has no writable one), and `--no-control-socket` to disable
   it; older versions exit with `unrecognized arguments` when given that flag;
 - the sync worker turns into gthread when `--threads` is above 1, so `--threads` is passed to
-  gthread only.
+  gthread only;
+- gunicorn 20.x imports `pkg_resources` when it starts (21.0 moved to importlib), and
+  setuptools 82.0.0 removed `pkg_resources` (checked in both wheels): gunicorn 20.1 with
+  today's setuptools cannot start, so such a venv is refused at build with the pin that fixes it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from ..api.models import Server
 
 MIN_GUNICORN = (20, 1)
 NO_CONTROL_SOCKET_SINCE = (25, 1)
+PKG_RESOURCES_UNTIL = (21,)  # gunicorn versions before this import pkg_resources
+SETUPTOOLS_WITHOUT_PKG_RESOURCES = (82,)
 # Worker classes as gunicorn names them; uvicorn's depends on what the venv holds.
 BUILTIN_WORKERS = {"gthread": "gthread", "sync": "sync"}
 UVICORN_WORKER = "uvicorn_worker.UvicornWorker"  # the uvicorn-worker package (uvicorn's own moved there)
@@ -44,17 +49,23 @@ class ServerSoftware:
     gunicorn: str | None
     uvicorn: str | None = None
     uvicorn_worker: str | None = None
+    setuptools: str | None = None
 
     def record(self) -> dict[str, Any]:
         """The release.json fields."""
-        return {"gunicorn": self.gunicorn, "uvicorn": self.uvicorn, "uvicornWorker": self.uvicorn_worker}
+        return {
+            "gunicorn": self.gunicorn,
+            "uvicorn": self.uvicorn,
+            "uvicornWorker": self.uvicorn_worker,
+            "setuptools": self.setuptools,
+        }
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ServerSoftware | None:
         """From release.json; None for releases built before the versions were recorded."""
         if "gunicorn" not in record:
             return None
-        return cls(record.get("gunicorn"), record.get("uvicorn"), record.get("uvicornWorker"))
+        return cls(record.get("gunicorn"), record.get("uvicorn"), record.get("uvicornWorker"), record.get("setuptools"))
 
 
 def release_tuple(version: str) -> tuple[int, ...]:
@@ -78,6 +89,14 @@ def check_gunicorn(software: ServerSoftware) -> tuple[int, ...]:
         raise UnsupportedServer(
             f"gunicorn {software.gunicorn} found in the venv; apprelease needs gunicorn {minimum} or newer "
             f"(pin gunicorn>={minimum} in the requirements)"
+        )
+    if version < PKG_RESOURCES_UNTIL and (
+        software.setuptools is None or release_tuple(software.setuptools) >= SETUPTOOLS_WITHOUT_PKG_RESOURCES
+    ):
+        found = f"setuptools {software.setuptools}" if software.setuptools else "no setuptools"
+        raise UnsupportedServer(
+            f"gunicorn {software.gunicorn} imports pkg_resources, which setuptools 82 removed, and the venv has "
+            f"{found}: add setuptools<82 to the requirements (or use gunicorn>=21)"
         )
     return version
 
