@@ -30,6 +30,9 @@ from .watchers import watcher_for
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 30
+# The supervisor copies a process's output into its log files asynchronously: give the last
+# lines of an exited process a moment to land before the tail is read.
+EXIT_LOG_GRACE_SECONDS = 0.2
 
 # (namespace, secret name) -> (certificate PEM, key PEM); raises KeyError when absent.
 TLSSource = Callable[[str, str], tuple[str, str]]
@@ -112,6 +115,23 @@ def app_watchers(supervisor: Supervisor, key: str) -> dict[str, str]:
         if parsed and parsed[0] == key:
             out[parsed[1]] = watcher.status
     return out
+
+
+def health_failure_message(revision: str, version: str, result: health.HealthResult, output: str) -> str:
+    """The Failed message: an ended process says how it ended and its last words, not a socket error."""
+    if result.exited is None:
+        return f"revision {revision} ({version}) failed its health check: {result.detail}"
+    last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "(no output)")
+    return f"revision {revision} ({version}) {result.exited.describe()} before it became healthy: {last}"
+
+
+def last_log_line(paths: AppPaths, revision: str) -> str:
+    """The revision's last non-empty line on stderr (where gunicorn logs), else on stdout."""
+    for stream in ("stderr", "stdout"):
+        lines = [line for line in _tail_text(paths.log_file(revision, stream), 8 * 1024).splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return ""
 
 
 def live_revision(paths: AppPaths) -> str | None:
@@ -214,16 +234,20 @@ class _Apply:
 
     def do_health_check(self, revision: str) -> None:
         check = self.spec.health_check
+        name = watcher_name(self.key, revision)
         result = health.wait_healthy(
             self.paths.socket(revision), check.path, expected=check.expected_status,
             deadline_seconds=check.timeout_seconds, host=self.spec.proxy.server_names[0],
+            exited=lambda: self.host.supervisor.exit_status(name),
         )
         if result.healthy:
             return
         self.host.recorder.health_check_failed(self.key)
+        if result.exited is not None:
+            time.sleep(EXIT_LOG_GRACE_SECONDS)
         tail = log_tail(self.paths, revision, daemon_logs=tuple(self.host.layout.supervisor.glob("*.log")))
-        self.host.supervisor.remove(watcher_name(self.key, revision))
-        message = f"revision {revision} ({self.spec.version}) failed its health check: {result.detail}"
+        self.host.supervisor.remove(name)
+        message = health_failure_message(revision, self.spec.version, result, last_log_line(self.paths, revision) or tail)
         self.state.failed = state.FailedRevision(revision=revision, message=message, log_tail=tail, at=state.now())
         raise StepFailed(message, tail)
 

@@ -9,6 +9,7 @@ added live with `reloadConfig` + `addProcessGroup` (removed with `stopProcess` +
 
 from __future__ import annotations
 
+import re
 import signal
 import xmlrpc.client
 from pathlib import Path
@@ -18,6 +19,7 @@ from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from ..watchers import WatcherSpec
 from .base import (
+    ProcessExit,
     SupervisorBackend,
     SupervisorError,
     WatcherState,
@@ -25,6 +27,7 @@ from .base import (
     command_line,
     encode_env,
     launch_argv,
+    log_tail,
     plain,
     private_dir,
     render_template,
@@ -42,6 +45,7 @@ _STATUS = {
     "FATAL": "fatal",
 }
 _NOT_STARTED = ("STOPPED", "EXITED", "FATAL")
+_EXITED = ("BACKOFF", "EXITED", "FATAL")
 
 
 def escape(value: str) -> str:
@@ -73,6 +77,19 @@ def render_program(spec: WatcherSpec) -> str:
         max_bytes=int(spec.max_bytes),
         backup_count=int(spec.backup_count),
     )
+
+
+def logged_exit(log: str, name: str) -> ProcessExit | None:
+    """The last exit of program `name` that supervisord's log reports, if any."""
+    pattern = re.compile(rf"exited: {re.escape(name)} \((?:exit status (\d+)|terminated by SIG(\w+))")
+    for line in reversed(log.splitlines()):
+        match = pattern.search(line)
+        if match:
+            if match.group(1) is not None:
+                return ProcessExit(int(match.group(1)))
+            number = getattr(signal, f"SIG{match.group(2)}", None)
+            return ProcessExit(-int(number)) if number is not None else ProcessExit(None, f"terminated by SIG{match.group(2)}")
+    return None
 
 
 class SupervisordSupervisor(SupervisorBackend):
@@ -160,6 +177,18 @@ class SupervisordSupervisor(SupervisorBackend):
     def main_pid(self, name: str) -> int | None:
         info = self._info(name)
         return info["pid"] if info and info["pid"] else None
+
+    def exit_status(self, name: str) -> ProcessExit | None:
+        # EXITED keeps the exit status; BACKOFF (exited within startsecs, a retry is due) and
+        # FATAL (retries spent) do not: supervisord clears it and only its log says it
+        # ("exited: NAME (exit status 2; not expected)").
+        info = self._info(name)
+        if info is None or info["statename"] not in _EXITED:
+            return None
+        if info["statename"] == "EXITED":
+            return ProcessExit(int(info["exitstatus"]))
+        logged = logged_exit(log_tail(self.daemon_log, 200), name)
+        return logged or ProcessExit(None, str(info.get("spawnerr") or info["statename"].lower()))
 
     def add(self, spec: WatcherSpec) -> None:
         # On disk first: from here on a restarted supervisord runs it even if we die now.
