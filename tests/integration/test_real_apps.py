@@ -8,6 +8,7 @@ Covers:
 - a FastAPI app on uvicorn-worker's UvicornWorker (`server.workerClass: uvicorn`): 3 rotations
   between two versions under load, each with a streaming response started on the old revision
   that must finish there, whole, after the switch; 0 failed requests;
+- a release built before release.json recorded the versions is read from its venv at start;
 - the Django example app is built from the index with a real Django and serves its /healthz
   on the sync worker (migrations belong to the release commands, not here).
 
@@ -95,6 +96,25 @@ def test_gunicorn_version_deploys_and_rotates_under_load(host, real_index, port,
           f"({tally['byKind'].get('slow', 0)} of 2 s), {failed} failed")
     assert_no_failures(tally)
     assert tally["byKind"].get("slow", 0) >= ROTATIONS and tally["byKind"].get("post", 0) > 50, tally
+
+
+def test_release_built_before_versions_were_recorded_is_detected_at_start(host, real_index, port):
+    requirements = ["webxample==1.0.0", "gunicorn==23.0.0"]
+
+    def deploy(rotation: int) -> core.Result:
+        release = release_for(real_index.url, "1.0.0", port=port, requirements=requirements,
+                              env={"ROTATION": str(rotation)}, static=[])
+        return core.reconcile(host, release)
+
+    first = deploy(0)
+    record_file = host.layout.app(KEY).release(first.status.serving_build_id) / "release.json"
+    old_record = {k: v for k, v in json.loads(record_file.read_text()).items()
+                  if k not in ("gunicorn", "uvicorn", "uvicornWorker", "setuptools")}
+    record_file.write_text(json.dumps(old_record))  # as an older apprelease wrote it
+    second = deploy(1)
+    assert second.status.phase == "Ready", second.status.message
+    assert second.status.last_build.reused  # detected from the venv, nothing rebuilt
+    assert "--no-control-socket" not in running_argv(host, second.status.serving_revision)
 
 
 class Stream(threading.Thread):
