@@ -11,7 +11,11 @@ renames to a `.tmp-` name first. So an existing release directory is reused with
 anything, which is what makes a rollback take about a second.
 
 Builds ignore the host's pip/uv configuration (config files and PIP_*/UV_* variables) so the
-same spec builds the same venv on every host. Apps run as `<venv>/bin/python -m gunicorn`,
+same spec builds the same venv on every host. After the install the versions of the server
+packages (gunicorn, uvicorn, uvicorn-worker, setuptools) are read from the venv's metadata,
+checked (`servers.check_gunicorn`: gunicorn >= 20.1) and recorded in release.json: the
+gunicorn command line depends on them (`server_software` reads them back, or detects them in
+releases built before they were recorded). Apps run as `<venv>/bin/python -m gunicorn`,
 never through console-script shebangs, which is why a venv built under a temp name stays
 valid after the rename.
 
