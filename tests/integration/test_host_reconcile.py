@@ -153,6 +153,7 @@ def test_revision_that_exits_fails_fast_saying_how(host, package_index, port, op
     assert re.search(said, bad.status.message), status
     assert "FileNotFoundError" not in bad.status.message and "ConnectionRefused" not in bad.status.message
     assert bad.status.log_tail and in_tail in bad.status.log_tail
+    print(f"\n{host.supervisor.kind}: failed after {seconds:.1f}s (deadline 60 s): {bad.status.message}")
     assert seconds < 20, f"the gate waited {seconds:.1f}s for a process that had exited"  # not the 60 s deadline
     assert bad.status.serving_version == "1.0.0" and served_version(port) == "1.0.0"
     assert revision not in core.app_watchers(host.supervisor, KEY)

@@ -2,7 +2,8 @@
 
 Covers: the gate stops at the first poll after the process has exited (not at the deadline)
 and says how it ended; without an exit it waits out the deadline; the Failed message names
-the exit code (or signal) and the last non-empty log line, and keeps the old wording for an
+the exit code (or signal) and the last non-empty log line that is not gunicorn's progress
+(a restarted successor's start-up lines), and keeps the old wording for an
 app that runs but answers wrong; supervisord's log lines are read for the exits its API
 forgets (BACKOFF, FATAL). No processes: a socket path that does not exist, strings.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from apprelease.host import health
-from apprelease.host.core import health_failure_message
+from apprelease.host.core import health_failure_message, last_words
 from apprelease.host.supervisors.base import ProcessExit
 from apprelease.host.supervisors.supervisord import logged_exit
 
@@ -55,6 +56,24 @@ def test_gate_waits_out_the_deadline_while_the_process_runs() -> None:
 def test_failed_message(ended: ProcessExit | None, output: str, message: str) -> None:
     result = health.HealthResult(False, "/healthz answered 500, expected 200", 1.0, exited=ended)
     assert health_failure_message("r1", "1.0.0", result, output) == message
+
+
+@pytest.mark.parametrize(
+    ("output", "words"),
+    [
+        pytest.param(
+            "[2026-12-01 07:39:41 +0000] [20293] [ERROR] Reason: Worker failed to boot.\n"
+            "[2026-12-01 07:39:45 +0000] [20435] [INFO] Starting gunicorn 27.0.1\n"
+            "[2026-12-01 07:39:45 +0000] [20435] [INFO] Listening at: unix:/r/x.sock (20435)\n\n",
+            "[2026-12-01 07:39:41 +0000] [20293] [ERROR] Reason: Worker failed to boot.", id="successor-started-already",
+        ),
+        pytest.param("Traceback (most recent call last):\nRuntimeError: no DATABASE_URL\n", "RuntimeError: no DATABASE_URL",
+                     id="app-output"),
+        pytest.param("[2026-12-01 07:39:45 +0000] [1] [INFO] Starting gunicorn 23.0.0\n", "", id="progress-only"),
+    ],
+)
+def test_last_words_skip_gunicorn_progress_lines(output: str, words: str) -> None:
+    assert last_words(output) == words
 
 
 LOG = """\

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -30,9 +31,9 @@ from .watchers import watcher_for
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 30
-# The supervisor copies a process's output into its log files asynchronously: give the last
-# lines of an exited process a moment to land before the tail is read.
-EXIT_LOG_GRACE_SECONDS = 0.2
+# gunicorn's own progress lines ("Starting gunicorn", "Booting worker"): never the reason a
+# process ended, and the first thing a supervisor's restart of it writes.
+GUNICORN_PROGRESS = re.compile(r"^\[[^]]+\] \[\d+\] \[(INFO|DEBUG)\] ")
 
 # (namespace, secret name) -> (certificate PEM, key PEM); raises KeyError when absent.
 TLSSource = Callable[[str, str], tuple[str, str]]
@@ -125,12 +126,22 @@ def health_failure_message(revision: str, version: str, result: health.HealthRes
     return f"revision {revision} ({version}) {result.exited.describe()} before it became healthy: {last}"
 
 
+def last_words(text: str) -> str:
+    """The last non-empty line of a process's output that is not one of gunicorn's progress lines.
+
+    Supervisors restart an exited process (circusd at once, supervisord after a backoff), so
+    by the time the exit is seen its successor may have logged its start-up already.
+    """
+    lines = [line for line in text.splitlines() if line.strip() and not GUNICORN_PROGRESS.match(line)]
+    return lines[-1] if lines else ""
+
+
 def last_log_line(paths: AppPaths, revision: str) -> str:
-    """The revision's last non-empty line on stderr (where gunicorn logs), else on stdout."""
+    """The revision's last words on stderr (where gunicorn logs), else on stdout."""
     for stream in ("stderr", "stdout"):
-        lines = [line for line in _tail_text(paths.log_file(revision, stream), 8 * 1024).splitlines() if line.strip()]
-        if lines:
-            return lines[-1]
+        words = last_words(_tail_text(paths.log_file(revision, stream), 8 * 1024))
+        if words:
+            return words
     return ""
 
 
@@ -243,8 +254,6 @@ class _Apply:
         if result.healthy:
             return
         self.host.recorder.health_check_failed(self.key)
-        if result.exited is not None:
-            time.sleep(EXIT_LOG_GRACE_SECONDS)
         tail = log_tail(self.paths, revision, daemon_logs=tuple(self.host.layout.supervisor.glob("*.log")))
         self.host.supervisor.remove(name)
         message = health_failure_message(revision, self.spec.version, result, last_log_line(self.paths, revision) or tail)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
 from supervisor.xmlrpc import Faults, SupervisorTransport
 
+from ..executor import LocalExecutor
 from ..watchers import WatcherSpec
 from .base import (
     ProcessExit,
@@ -96,6 +98,10 @@ class SupervisordSupervisor(SupervisorBackend):
     """supervisord under `root` (= layout.supervisor)."""
 
     kind = "supervisord"
+
+    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable):
+        super().__init__(root, executor, python)
+        self._log_marks: dict[str, int] = {}  # program -> daemon log size when it was added
 
     @property
     def config(self) -> Path:
@@ -179,18 +185,46 @@ class SupervisordSupervisor(SupervisorBackend):
         return info["pid"] if info and info["pid"] else None
 
     def exit_status(self, name: str) -> ProcessExit | None:
-        # EXITED keeps the exit status; BACKOFF (exited within startsecs, a retry is due) and
-        # FATAL (retries spent) do not: supervisord clears it and only its log says it
-        # ("exited: NAME (exit status 2; not expected)").
+        # supervisord's log is the one complete record: its API clears the exit status of a
+        # process that exited within startsecs (BACKOFF, then FATAL), and a later exit
+        # (EXITED) lasts only until autorestart starts it again, easily between two polls.
+        # Requested stops are logged as "stopped:", never "exited:".
         info = self._info(name)
-        if info is None or info["statename"] not in _EXITED:
+        if info is None:
             return None
+        mark = self._log_marks.get(name)
+        if mark is not None:
+            logged = logged_exit(self._log_since(mark), name)
+            if logged is not None:
+                return logged
+        elif info["statename"] in _EXITED:  # added by an earlier agent process: the recent log
+            logged = logged_exit(log_tail(self.daemon_log, 200), name)
+            if logged is not None:
+                return logged
         if info["statename"] == "EXITED":
             return ProcessExit(int(info["exitstatus"]))
-        logged = logged_exit(log_tail(self.daemon_log, 200), name)
-        return logged or ProcessExit(None, str(info.get("spawnerr") or info["statename"].lower()))
+        if info["statename"] in _EXITED:
+            return ProcessExit(None, str(info.get("spawnerr") or info["statename"].lower()))
+        return None
+
+    def _log_size(self) -> int:
+        try:
+            return self.daemon_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _log_since(self, mark: int) -> str:
+        try:
+            with self.daemon_log.open("rb") as f:
+                if f.seek(0, 2) < mark:
+                    mark = 0  # rotated since
+                f.seek(mark)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def add(self, spec: WatcherSpec) -> None:
+        self._log_marks[spec.name] = self._log_size()  # exit_status reads what follows
         # On disk first: from here on a restarted supervisord runs it even if we die now.
         write_atomically(self.program_file(spec.name), render_program(spec))
         rpc = self._rpc()
@@ -226,6 +260,7 @@ class SupervisordSupervisor(SupervisorBackend):
         rpc.removeProcessGroup(name)
 
     def remove(self, name: str) -> None:
+        self._log_marks.pop(name, None)
         if self._info(name) is not None:
             self._stop_and_forget(name)
         self.program_file(name).unlink(missing_ok=True)
