@@ -2,6 +2,8 @@
 
 `package_index`: webxample 1.0.0/2.0.0/3.0.0 (built here) and gunicorn's wheels served as a
 PEP 503 index on loopback, so every venv build in the tests is a real HTTP install.
+`real_index`: real releases from the registry (fetched once, cached) with the example apps
+built against them (support/pypi.py `start_real_index`).
 `control_plane`: a real etcd + kube-apiserver + kube-controller-manager on loopback.
 `short_tmp`: a temp dir whose path leaves room for unix socket names.
 """
@@ -16,12 +18,20 @@ from pathlib import Path
 import pytest
 
 from support.cluster import control_plane  # noqa: F401 - the session fixture
-from support.pypi import WebxampleIndex, start_webxample_index
+from support.pypi import RealIndex, WebxampleIndex, start_real_index, start_webxample_index
 
 
 @pytest.fixture(scope="session")
 def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebxampleIndex]:
     served = start_webxample_index(tmp_path_factory.mktemp("pypi"))
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealIndex]:
+    """Real registry releases (gunicorn 20.1..newest, FastAPI, uvicorn, Django) and the example apps."""
+    served = start_real_index(tmp_path_factory.mktemp("real-pypi"))
     yield served
     served.stop()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,6 +127,38 @@ def test_failed_health_check_keeps_old_revision_serving(host, package_index, por
     assert again.plan.kinds() == [plan.REPORT_FAILED] and again.status.phase == "Failed"
     failed_revision = release_for(package_index.url, "3.0.0", port=port, fail_health=True, health_timeout=4).spec.revision
     assert failed_revision not in core.app_watchers(host.supervisor, KEY)
+
+
+@pytest.mark.parametrize(
+    ("options", "said", "in_tail"),
+    [
+        pytest.param({"server": {"extraArgs": ["--no-such-option"]}},
+                     r"exited with code 2 before it became healthy: gunicorn: error: unrecognized arguments: --no-such-option$",
+                     "usage:", id="unknown-option"),
+        # gunicorn halts with 3 ("Reason: Worker failed to boot."), or, when the worker's death
+        # interrupts its own start-up, dies of the uncaught HaltServer (1): both seen here. The
+        # 30-line tail of such a run is interleaved tracebacks, ending anywhere in them.
+        pytest.param({"entrypoint": "webxample.missing:application"},
+                     r"exited with code [13] before it became healthy: .*(Worker failed to boot\.|HaltServer.*3>)$",
+                     "Worker", id="import-error"),
+    ],
+)
+def test_revision_that_exits_fails_fast_saying_how(host, package_index, port, options, said, in_tail):
+    deploy(host, package_index, "1.0.0", port)
+    started = time.monotonic()
+    bad = deploy(host, package_index, "2.0.0", port, health_timeout=60, **options)
+    seconds = time.monotonic() - started
+    assert bad.status.phase == "Failed"
+    revision = release_for(package_index.url, "2.0.0", port=port, health_timeout=60, **options).spec.revision
+    status = f"{bad.status.message}\n{bad.status.log_tail}"
+    assert bad.status.message.startswith(f"revision {revision} (2.0.0) "), status
+    assert re.search(said, bad.status.message), status
+    assert "FileNotFoundError" not in bad.status.message and "ConnectionRefused" not in bad.status.message
+    assert bad.status.log_tail and in_tail in bad.status.log_tail
+    print(f"\n{host.supervisor.kind}: failed after {seconds:.1f}s (deadline 60 s): {bad.status.message}")
+    assert seconds < 20, f"the gate waited {seconds:.1f}s for a process that had exited"  # not the 60 s deadline
+    assert bad.status.serving_version == "1.0.0" and served_version(port) == "1.0.0"
+    assert revision not in core.app_watchers(host.supervisor, KEY)
 
 
 def test_rollback_to_retained_release_builds_nothing(host, package_index, port):

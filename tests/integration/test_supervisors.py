@@ -28,11 +28,13 @@ from apprelease.host.layout import HostLayout
 from apprelease.host.supervisors import KINDS, Supervisor, make_supervisor
 from apprelease.host.supervisors.base import LAUNCHER, encode_env, process_alive
 from apprelease.host.users import ensure_user, prepare_app_dirs
+from apprelease.host.servers import ServerSoftware
 from apprelease.host.watchers import WatcherSpec, watcher_for
 from apprelease.api.models import HostReleaseSpec
 from support.apps import (
     APP_PYTHON,
     ENTRYPOINT,
+    GUNICORN,
     build_tiny_venv,
     http_get,
     pids_of_uid,
@@ -120,7 +122,9 @@ def spec_for(revision: str, env: dict[str, str] | None = None, graceful: int = 5
 
 
 def start(layout: HostLayout, supervisor: Supervisor, revision: str, **kw: object) -> WatcherSpec:
-    watcher = watcher_for(layout, KEY, spec_for(revision, **kw))  # type: ignore[arg-type]
+    # tinyapp's venv holds the gunicorn apps.GUNICORN pins.
+    software = ServerSoftware(gunicorn=GUNICORN.split("==")[1])
+    watcher = watcher_for(layout, KEY, spec_for(revision, **kw), software)  # type: ignore[arg-type]
     supervisor.add(watcher)
     wait_serving(layout.app(KEY).socket(revision))
     return watcher

@@ -50,20 +50,24 @@ def stop_host(host: core.Host) -> None:
 def app_release(index_url: str, version: str, *, port: int, name: str = "webxample", namespace: str = "default",
                 fail_health: bool = False, health_timeout: int = 20, limit: int = 5,
                 requirements: list[str] | None = None, graceful: int = 10, user: str | None = None,
-                **proxy: object) -> AppRelease:
-    """The example at `version`; its user derived from namespace and app unless `user` is given,
-    so tests in different namespaces never ask for the same account."""
+                entrypoint: str | None = None, env: dict[str, str] | None = None,
+                server: dict[str, object] | None = None, **proxy: object) -> AppRelease:
+    """webxample's AppRelease; `entrypoint`, extra `env` and `server` fields serve other apps too.
+    Its user is derived from namespace and app unless `user` is given, so tests in different
+    namespaces never ask for the same account."""
     spec = {
         **{k: v for k, v in EXAMPLE["spec"].items() if k != "user"},
         **({"user": user} if user else {}),
         "version": version,
         "source": {"requirements": requirements or [f"webxample=={version}"], "indexUrl": index_url},
         "env": [{"name": "WEBXAMPLE_GREETING", "value": "hi"}]
-        + ([{"name": "WEBXAMPLE_FAIL_HEALTH", "value": "1"}] if fail_health else []),
+        + ([{"name": "WEBXAMPLE_FAIL_HEALTH", "value": "1"}] if fail_health else [])
+        + [{"name": name, "value": value} for name, value in (env or {}).items()],
         "proxy": {**EXAMPLE["spec"]["proxy"], "listenPort": port, **proxy},
         "healthCheck": {"path": "/healthz", "timeoutSeconds": health_timeout},
-        "server": {"workers": 2, "threads": 8, "gracefulTimeoutSeconds": graceful},
+        "server": {"workers": 2, "threads": 8, "gracefulTimeoutSeconds": graceful, **(server or {})},
         "revisionHistoryLimit": limit,
+        **({"entrypoint": entrypoint} if entrypoint else {}),
     }
     doc = {"apiVersion": "apprelease.dev/v1alpha1", "kind": "AppRelease",
            "metadata": {"name": name, "namespace": namespace}, "spec": spec}

@@ -59,6 +59,8 @@ BAD = [
     ("no-source", "spec.source", {"indexUrl": "http://127.0.0.1/simple/"}, "spec.source", "requirements, a wheel"),
     ("index-url-quote", "spec.source.indexUrl", "http://x/\"", "spec.source.indexUrl", "URL"),
     ("managed-gunicorn-arg", "spec.server.extraArgs", ["--bind=0.0.0.0:80"], "spec.server", "set by apprelease"),
+    ("managed-worker-class-arg", "spec.server.extraArgs", ["--worker-class=sync"], "spec.server", "set by apprelease"),
+    ("worker-class-unknown", "spec.server.workerClass", "gevent", "spec.server.workerClass", "uvicorn"),
     ("duplicate-env", "spec.env", [{"name": "X", "value": "1"}, {"name": "X", "value": "2"}], "spec.env", "duplicate"),
     ("duplicate-static", "spec.proxy.static", [{"urlPath": "/s/", "directory": "a"}, {"urlPath": "/s/", "directory": "b"}],
      "spec.proxy.static", "duplicate"),

@@ -1,12 +1,15 @@
-"""A local package index for tests and the demo: webxample wheels plus gunicorn from the registry.
+"""A local package index for tests and the demo: example apps' wheels plus real registry releases.
 
 There is no internet here but the package registries, and the sample app is not published,
 so tests build webxample wheels at any version (`build_webxample_wheel`), fetch gunicorn's
 wheel once into a cache (`fetch_registry_wheels`), and serve both as a PEP 503 "simple"
 index over HTTP on 127.0.0.1 (`LocalIndex`), which logs every request so a test can tell
 whether a build downloaded anything. `start_webxample_index` does all three; the session
-fixture `package_index` wraps it for pytest. Nothing but the fixture needs pytest, so the
-demo script (`hack/`) can use the same functions.
+fixture `package_index` wraps it for pytest. `start_real_index` serves real releases (gunicorn
+20.1 to the newest, FastAPI + uvicorn + uvicorn-worker, Django; `REAL_REQUIREMENT_SETS`, fetched
+once into the same cache) with the example apps built against them (`examples/fastapi-app`,
+`examples/django-app`, webxample without its gunicorn pin): the session fixture `real_index`.
+Nothing but the fixtures needs pytest, so the demo script (`hack/`) can use the same functions.
 """
 
 from __future__ import annotations
@@ -34,8 +37,26 @@ WEBXAMPLE_SOURCE = REPO / "examples" / "webxample"
 GUNICORN_REQUIREMENT = "gunicorn==27.0.1"
 DEFAULT_WHEEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "apprelease" / "wheels"
 WEBXAMPLE_VERSIONS = ("1.0.0", "2.0.0", "3.0.0")
+FASTAPI_SOURCE = REPO / "examples" / "fastapi-app"
+DJANGO_SOURCE = REPO / "examples" / "django-app"
+
+# Real releases from the registry for the real-app tests (`start_real_index`), downloaded once
+# into the wheel cache and reused offline after that. Each set is resolved on its own: one pip
+# resolution cannot hold two gunicorn pins. "Newest" is pinned too, so a new upload never
+# changes what a test run installs; bump it on purpose.
+GUNICORN_MATRIX = ("20.1.0", "21.2.0", "22.0.0", "23.0.0", "27.0.1")
+# gunicorn 20.x imports pkg_resources, which setuptools 82 removed (host/servers.py).
+GUNICORN_EXTRA = {"20.1.0": ("setuptools<82",)}
+FASTAPI_REQUIREMENTS = ("fastapi==0.165.0", "uvicorn==0.54.0", "uvicorn-worker==0.4.0", "gunicorn==23.0.0")
+DJANGO_REQUIREMENTS = ("Django==5.2.19", "gunicorn==23.0.0")
+REAL_REQUIREMENT_SETS: tuple[tuple[str, ...], ...] = (
+    *((f"gunicorn=={version}", *GUNICORN_EXTRA.get(version, ())) for version in GUNICORN_MATRIX),
+    FASTAPI_REQUIREMENTS,
+    DJANGO_REQUIREMENTS,
+)
 
 _SOURCE_VERSION = re.compile(r'^__version__ = "([^"]+)"$', re.MULTILINE)
+_DEPENDENCIES = re.compile(r"^dependencies = \[.*\]$", re.MULTILINE)
 
 
 def _uv() -> str:
@@ -53,27 +74,38 @@ def _registry_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("UV_")}
 
 
-def build_webxample_wheel(version: str, out_dir: Path) -> Path:
-    """Build examples/webxample as a wheel at `version` into `out_dir`; return the wheel's path.
+def build_example_wheel(
+    source: Path,
+    version: str,
+    out_dir: Path,
+    *,
+    version_files: Sequence[str] = (),
+    dependencies: Sequence[str] | None = None,
+) -> Path:
+    """Build the example package at `source` as a wheel at `version` into `out_dir`.
 
     The source is copied to a temp dir and its one version string rewritten (the package's
-    `__version__`, read by setuptools, and the static file that mentions it), so wheels at
-    different versions differ in name, metadata and content.
+    `__version__`, read by setuptools, and `version_files`, relative paths that mention it), so
+    wheels at different versions differ in name, metadata and content. `dependencies`, when
+    given, replaces the one-line `dependencies = [...]` of its pyproject.toml.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="webxample-src-") as tmp:
-        src = Path(tmp) / "webxample"
-        shutil.copytree(
-            WEBXAMPLE_SOURCE, src, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__")
-        )
-        init = src / "webxample" / "__init__.py"
-        match = _SOURCE_VERSION.search(init.read_text())
-        if match is None:
-            raise RuntimeError(f"no __version__ line in {init}")
-        old = match.group(1)
-        for path in (init, src / "webxample" / "static" / "hello.txt"):
+    with tempfile.TemporaryDirectory(prefix=f"{source.name}-src-") as tmp:
+        src = Path(tmp) / source.name
+        shutil.copytree(source, src, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
+        inits = [p for p in src.glob("*/__init__.py") if _SOURCE_VERSION.search(p.read_text())]
+        if len(inits) != 1:
+            raise RuntimeError(f"expected one package with a __version__ line under {source}, found {inits}")
+        old = _SOURCE_VERSION.search(inits[0].read_text()).group(1)  # type: ignore[union-attr]
+        for path in [inits[0], *(src / f for f in version_files)]:
             path.write_text(path.read_text().replace(old, version))
+        if dependencies is not None:
+            pyproject = src / "pyproject.toml"
+            text, count = _DEPENDENCIES.subn(f"dependencies = {json.dumps(list(dependencies))}", pyproject.read_text())
+            if count != 1:
+                raise RuntimeError(f"no one-line dependencies = [...] in {pyproject}")
+            pyproject.write_text(text)
         dist = Path(tmp) / "dist"
         proc = subprocess.run(
             [_uv(), "build", "--wheel", "--no-config", "--python", sys.executable, "--out-dir", str(dist), str(src)],
@@ -85,11 +117,18 @@ def build_webxample_wheel(version: str, out_dir: Path) -> Path:
             check=False,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"building webxample {version} failed:\n{proc.stdout[-3000:]}")
+            raise RuntimeError(f"building {source.name} {version} failed:\n{proc.stdout[-3000:]}")
         (wheel,) = dist.glob("*.whl")
         target = out_dir / wheel.name
         shutil.move(str(wheel), target)
     return target
+
+
+def build_webxample_wheel(version: str, out_dir: Path, dependencies: Sequence[str] | None = None) -> Path:
+    """Build examples/webxample as a wheel at `version` into `out_dir`; return the wheel's path."""
+    return build_example_wheel(
+        WEBXAMPLE_SOURCE, version, out_dir, version_files=["webxample/static/hello.txt"], dependencies=dependencies
+    )
 
 
 def fetch_registry_wheels(
@@ -312,6 +351,47 @@ def start_webxample_index(
         shutil.copy2(wheel, directory / wheel.name)
     wheels = {version: build_webxample_wheel(version, directory) for version in versions}
     return WebxampleIndex(index=LocalIndex(directory, port).start(), wheels=wheels)
+
+
+@dataclass
+class RealIndex:
+    """A running LocalIndex with real registry releases and the example apps built against them.
+
+    `webxample` here depends on `gunicorn>=20.1` (not the pin of the default index), so a spec
+    chooses its gunicorn by adding `gunicorn==X` to its requirements, as an app that pins
+    its server does.
+    """
+
+    index: LocalIndex
+    wheels: dict[str, Path] = field(default_factory=dict)  # "<project>-<version>" -> wheel
+
+    @property
+    def url(self) -> str:
+        return self.index.url
+
+    def stop(self) -> None:
+        self.index.stop()
+
+
+def start_real_index(
+    directory: Path,
+    *,
+    fastapi_versions: Sequence[str] = ("1.0.0", "2.0.0"),
+    cache_dir: Path = DEFAULT_WHEEL_CACHE,
+    port: int = 0,
+) -> RealIndex:
+    """Fetch REAL_REQUIREMENT_SETS once (cached), build the example apps, serve it all."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for requirements in REAL_REQUIREMENT_SETS:
+        for wheel in fetch_registry_wheels(requirements, cache_dir=cache_dir):
+            if not (directory / wheel.name).exists():
+                shutil.copy2(wheel, directory / wheel.name)
+    wheels = {"webxample-1.0.0": build_webxample_wheel("1.0.0", directory, dependencies=["gunicorn>=20.1"])}
+    for version in fastapi_versions:
+        wheels[f"fastapi-app-{version}"] = build_example_wheel(FASTAPI_SOURCE, version, directory)
+    wheels["django-app-1.0.0"] = build_example_wheel(DJANGO_SOURCE, "1.0.0", directory)
+    return RealIndex(index=LocalIndex(directory, port).start(), wheels=wheels)
 
 
 def main() -> None:

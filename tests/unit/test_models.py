@@ -81,6 +81,20 @@ def test_revision_depends_on_runtime_not_proxy():
     assert r(spec) == r(AppReleaseSpec.model_validate(copy.deepcopy(EXAMPLE["spec"])))
 
 
+@pytest.mark.parametrize("worker_class", ["sync", "uvicorn"])
+def test_revision_depends_on_the_worker_class(worker_class):
+    spec = AppReleaseSpec.model_validate(EXAMPLE["spec"])
+    other = spec.model_copy(update={"server": spec.server.model_copy(update={"worker_class": worker_class})})
+    assert identity.revision(spec) != identity.revision(other)
+    assert identity.build_id(spec) == identity.build_id(other)
+
+
+def test_default_worker_class_keeps_the_revisions_from_before_the_field():
+    # Computed before workerClass existed: an upgrade of apprelease must not rotate every app.
+    assert EXAMPLE["spec"]["server"].get("workerClass") is None
+    assert identity.revision(AppReleaseSpec.model_validate(EXAMPLE["spec"])) == "r764069a6c9d"
+
+
 def test_crds_are_generated_from_models():
     for name, crd in crdgen.crds().items():
         path = ROOT / "crds" / name

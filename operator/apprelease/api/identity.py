@@ -43,11 +43,23 @@ def build_id(spec: ReleaseTemplate) -> str:
     return "b" + _digest(build_inputs(spec), 15)
 
 
+def server_identity(spec: ReleaseTemplate) -> dict[str, Any]:
+    """The server config as hashed into the revision.
+
+    The default worker class is left out: gthread is what every revision ran before the field
+    existed, so their revisions stay the same and an upgrade of apprelease rotates nothing.
+    """
+    server = spec.server.wire()
+    if server.get("workerClass") == "gthread":
+        del server["workerClass"]
+    return server
+
+
 def revision(spec: ReleaseTemplate) -> str:
     runtime = {
         "buildId": build_id(spec),
         "entrypoint": spec.entrypoint,
-        "server": spec.server.wire(),
+        "server": server_identity(spec),
         "env": [e.wire() for e in spec.env],
         "user": spec.user,
         "healthCheck": spec.health_check.wire(),

@@ -96,7 +96,11 @@ class Source(Model):
         if not self.requirements and self.wheel is None:
             raise ValueError("source needs requirements, a wheel, or both")
         return self
-MANAGED_GUNICORN_ARGS = ("--bind", "--user", "--group", "--daemon", "--pid", "--chdir", "--workers", "--threads")
+MANAGED_GUNICORN_ARGS = (
+    "--bind", "--user", "--group", "--daemon", "--pid", "--chdir", "--workers", "--threads", "--worker-class",
+)  # fmt: skip
+# gunicorn worker classes by the names a spec uses; host/servers.py maps them to import paths.
+WorkerClass = Literal["gthread", "sync", "uvicorn"]
 _MANAGED_MESSAGE = f"extraArgs: {', '.join(MANAGED_GUNICORN_ARGS)} are set by apprelease and cannot be overridden"
 
 
@@ -116,7 +120,14 @@ class Server(Model):
     )
 
     workers: int = Field(default=2, ge=1, le=64, description="gunicorn worker processes.")
-    threads: int = Field(default=4, ge=1, le=64, description="Threads per worker (gthread worker class).")
+    threads: int = Field(default=4, ge=1, le=64, description="Threads per worker (gthread worker class only).")
+    worker_class: WorkerClass = Field(
+        default="gthread",
+        description=(
+            "gunicorn worker class: gthread (threads per worker), sync (one request at a time per worker), "
+            "or uvicorn (ASGI apps: uvicorn-worker's UvicornWorker, or uvicorn's own when uvicorn-worker is not installed)."
+        ),
+    )
     timeout_seconds: int = Field(default=30, ge=1, le=3600, description="Worker timeout (gunicorn --timeout).")
     graceful_timeout_seconds: int = Field(
         default=30, ge=1, le=3600, description="Time in-flight requests get to finish when a revision stops."

@@ -3,6 +3,7 @@
 No Kubernetes here (an import-linter contract holds that line): the standalone
 `apprelease agent reconcile` and the in-cluster agent (`agent/`) both drive it.
 
-Layers: `plan` (pure decisions) <- executors (`builder`, `supervisors/`, `proxy/`, `users`,
-`health`) <- `core` (observes the host, applies a plan, reports a status).
+Layers: `plan`, `servers`, `watchers` (pure decisions) <- executors (`builder`,
+`supervisors/`, `proxy/`, `users`, `health`) <- `core` (observes the host, applies a plan,
+reports a status).
 """

@@ -14,7 +14,11 @@ Builds ignore the host's pip/uv configuration (config files and PIP_*/UV_* varia
 same spec builds the same venv on every host. Every command that may run package code runs
 confined as the app's build user (`sandbox.confine`), writing only its temp build dir and the
 app's own cache; the agent then seals the result (root-owned, read-only for everyone else)
-before renaming it into place. Apps run as `<venv>/bin/python -m gunicorn`,
+before renaming it into place. After sealing, the versions of the server packages (gunicorn,
+uvicorn, uvicorn-worker, setuptools) are read from the venv's metadata — nothing from the venv
+runs as root — checked (`servers.check_gunicorn`: gunicorn >= 20.1) and recorded in
+release.json: the gunicorn command line depends on them (`server_software` reads them back,
+or detects them in releases built before they were recorded). Apps run as `<venv>/bin/python -m gunicorn`,
 never through console-script shebangs, which is why a venv built under a temp name stays
 valid after the rename.
 
@@ -24,6 +28,7 @@ filesystem, the network or processes follow.
 
 from __future__ import annotations
 
+import email.parser
 import errno
 import hashlib
 import json
@@ -46,10 +51,12 @@ from urllib.parse import unquote, urlsplit
 
 from ..api import identity
 from ..api.models import HostReleaseSpec
+from . import servers
 from .executor import CommandFailed, LocalExecutor
 from .files import fsync_dir
 from .layout import TMP_PREFIX, AppPaths, HostLayout
 from .sandbox import BuildIdentity, confine
+from .servers import ServerSoftware
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +71,15 @@ BUILD_HOME = ".home"  # HOME of the build user during a build; removed before se
 AMBIENT_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
 # Printed by each candidate interpreter: proves it runs (as root, here) and tells its version.
 PROBE = "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.python_version())"
-GUNICORN_PROBE = "import gunicorn; print(gunicorn.__version__)"
 # How uv says a package has only a source distribution while builds from source are off
 # (`--only-binary :all:`): "Because evilpkg==1.0 has no usable wheels …" and "Wheels are
 # required for `evilpkg` …". pip's message does not tell this from a missing package.
 _SDIST_ONLY = re.compile(r"Because ([A-Za-z0-9][A-Za-z0-9._-]*?)(?:[=<>!~ ]\S*)? has no (?:usable )?wheels|"
                          r"Wheels are required for `([^`]+)`")
+# Distributions whose versions decide the server's command line (servers.ServerSoftware).
+SERVER_DISTRIBUTIONS = {
+    "gunicorn": "gunicorn", "uvicorn": "uvicorn", "uvicorn_worker": "uvicorn-worker", "setuptools": "setuptools",
+}  # fmt: skip
 
 
 class BuildFailed(RuntimeError):
@@ -287,7 +297,7 @@ def ensure_release(
     build_log = _BuildLog()
     try:
         os.chown(tmp, identity.uid, identity.gid)
-        interpreter = _build_into(
+        interpreter, software = _build_into(
             tmp, paths, spec, executor, build_log, uv=uv, identity=identity, search_path=python_search_path,
             timeout=timeout, on_stage=on_stage or (lambda _: None),
         )
@@ -295,6 +305,7 @@ def ensure_release(
             spec,
             tool,
             interpreter,
+            software,
             built_as=identity.user,
             started_at=started_at,
             finished_at=_now(),
@@ -321,7 +332,7 @@ def _build_into(
     search_path: Sequence[str],
     timeout: float,
     on_stage: Callable[[str], None],
-) -> Interpreter:
+) -> tuple[Interpreter, ServerSoftware]:
     build_id = spec.build_id
     tool: Tool = "uv" if uv else "pip"
     env = clean_build_env(os.environ)
@@ -368,30 +379,24 @@ def _build_into(
         on_stage(stage)
         _run_step(executor, confine(argv, identity, visible), env, build_log, build_id=build_id, tool=tool,
                   timeout=timeout, on_line=on_line, only_binary=bool(spec.source.only_binary))
-    on_stage("checking that gunicorn imports")
 
-    # Importing runs the venv's code (.pth files, gunicorn's __init__): confined too.
-    probe = confine([str(venv / "bin" / "python"), "-c", GUNICORN_PROBE], identity, visible)
-    gunicorn = executor.run(probe, env=env, check=False, timeout=60)
-    build_log.note(f"gunicorn {gunicorn.stdout.strip()}" if gunicorn.returncode == 0 else "gunicorn not importable")
-    if gunicorn.returncode != 0:
-        raise BuildFailed(
-            build_id,
-            "gunicorn is not importable in the venv: the requirements must bring gunicorn "
-            "(apps run as <venv>/bin/python -m gunicorn)",
-            tail(gunicorn.stdout),
-        )
-
-    seal(tmp)
+    seal(tmp)  # the build's processes are gone: from here on only root touches the tree
+    on_stage("checking the server packages")
     if wheel_file is not None:
         shutil.rmtree(tmp / DOWNLOAD_DIR)
     site_packages = Path("venv") / "lib" / f"python{interpreter.minor}" / "site-packages"
-    if not (tmp / site_packages).is_dir():
-        raise BuildFailed(build_id, f"the venv has no {site_packages}", build_log.tail())
+    if not _real_dir(tmp, site_packages):
+        raise BuildFailed(build_id, f"the venv has no {site_packages} (or it is a symlink)", build_log.tail())
+    software = detect_server_software(tmp / site_packages)
+    build_log.note(", ".join(f"{name} {version or 'not installed'}" for name, version in software.record().items()))
+    try:
+        servers.check_gunicorn(software)
+    except servers.UnsupportedServer as exc:
+        raise BuildFailed(build_id, str(exc), build_log.tail()) from None
     # Relative, so it stays right after the rename; nginx serves static paths through it.
     os.symlink(site_packages, tmp / "site-packages")
     normalize_modes(tmp)
-    return interpreter
+    return interpreter, software
 
 
 def _run_step(
@@ -479,6 +484,20 @@ def download_wheel(url: str, sha256: str, directory: Path, *, build_id: str, tim
     return target
 
 
+def _real_dir(top: Path, relative: Path) -> bool:
+    """`top/relative` is a directory reached without a symlink (the build wrote the tree: the
+    agent reads it and nginx serves from it, so it must not lead anywhere else)."""
+    path = top
+    for part in relative.parts:
+        path = path / part
+        try:
+            if not stat.S_ISDIR(path.lstat().st_mode):
+                return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
 def unconfined(argv: Sequence[str]) -> list[str]:
     """The command a confined argv runs (what the build log shows), without the sandbox prefix."""
     argv = list(argv)
@@ -562,10 +581,53 @@ def normalize_modes(top: Path) -> None:
             os.chmod(path, 0o755 if mode & 0o111 else 0o644)
 
 
+def _project(name: str) -> str:
+    """PEP 503 normalized project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_version(site_packages: Path, project: str) -> str | None:
+    """Version of an installed distribution, from its dist-info METADATA; None if absent.
+
+    Read from files rather than by importing the package: nothing from the venv runs, so
+    this works the same whoever builds, and root never runs the tenant's code.
+    """
+    wanted = _project(project)
+    for info in site_packages.glob("*.dist-info"):
+        name, _, _version = info.name.removesuffix(".dist-info").rpartition("-")
+        if _project(name) != wanted:
+            continue
+        metadata = info / "METADATA"
+        try:
+            if info.is_symlink() or not stat.S_ISREG(metadata.lstat().st_mode):
+                continue  # a build-made link or FIFO must not make the agent read elsewhere, or block
+            headers = email.parser.HeaderParser().parsestr(metadata.read_text(errors="replace"))
+        except OSError:
+            continue
+        if headers["Version"]:
+            return headers["Version"].strip()
+    return None
+
+
+def detect_server_software(site_packages: Path) -> ServerSoftware:
+    """The server packages a venv holds (gunicorn, uvicorn, uvicorn-worker, setuptools) and their versions."""
+    return ServerSoftware(**{field: installed_version(site_packages, project) for field, project in SERVER_DISTRIBUTIONS.items()})
+
+
+def server_software(release: Path) -> ServerSoftware:
+    """What release.json recorded; detected from the venv for releases built before it did."""
+    try:
+        recorded = ServerSoftware.from_record(json.loads((release / RELEASE_RECORD).read_text()))
+    except (OSError, ValueError):
+        recorded = None
+    return recorded or detect_server_software(release / "site-packages")
+
+
 def release_document(
     spec: HostReleaseSpec,
     tool: Tool,
     interpreter: Interpreter,
+    software: ServerSoftware,
     *,
     built_as: str,
     started_at: str,
@@ -581,6 +643,7 @@ def release_document(
         "python": interpreter.full,
         "interpreter": str(interpreter.path),
         "builtAs": built_as,
+        **software.record(),
         "startedAt": started_at,
         "finishedAt": finished_at,
         "seconds": round(seconds, 3),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -24,12 +25,16 @@ from .executor import LocalExecutor
 from .layout import TMP_PREFIX, AppPaths, HostLayout, app_key, parse_watcher_name, watcher_name
 from .proxy.nginx import Nginx, ProxyConfigRejected
 from .recorder import Recorder, SilentRecorder
+from .servers import UnsupportedServer
 from .supervisors.base import Supervisor
 from .watchers import watcher_for
 
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 30
+# gunicorn's own progress lines ("Starting gunicorn", "Booting worker"): never the reason a
+# process ended, and the first thing a supervisor's restart of it writes.
+GUNICORN_PROGRESS = re.compile(r"^\[[^]]+\] \[\d+\] \[(INFO|DEBUG)\] ")
 
 # (namespace, secret name) -> (certificate PEM, key PEM); raises KeyError when absent.
 TLSSource = Callable[[str, str], tuple[str, str]]
@@ -114,6 +119,33 @@ def app_watchers(supervisor: Supervisor, key: str) -> dict[str, str]:
         if parsed and parsed[0] == key:
             out[parsed[1]] = watcher.status
     return out
+
+
+def health_failure_message(revision: str, version: str, result: health.HealthResult, output: str) -> str:
+    """The Failed message: an ended process says how it ended and its last words, not a socket error."""
+    if result.exited is None:
+        return f"revision {revision} ({version}) failed its health check: {result.detail}"
+    last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "(no output)")
+    return f"revision {revision} ({version}) {result.exited.describe()} before it became healthy: {last}"
+
+
+def last_words(text: str) -> str:
+    """The last non-empty line of a process's output that is not one of gunicorn's progress lines.
+
+    Supervisors restart an exited process (circusd at once, supervisord after a backoff), so
+    by the time the exit is seen its successor may have logged its start-up already.
+    """
+    lines = [line for line in text.splitlines() if line.strip() and not GUNICORN_PROGRESS.match(line)]
+    return lines[-1] if lines else ""
+
+
+def last_log_line(paths: AppPaths, revision: str) -> str:
+    """The revision's last words on stderr (where gunicorn logs), else on stdout."""
+    for stream in ("stderr", "stdout"):
+        words = last_words(_tail_text(paths.log_file(revision, stream), 8 * 1024))
+        if words:
+            return words
+    return ""
 
 
 def live_revision(paths: AppPaths) -> str | None:
@@ -240,20 +272,30 @@ class _Apply:
         if name in self.host.supervisor.watchers():  # present but stopped or given up on
             self.host.supervisor.remove(name)
         self.paths.socket(revision).unlink(missing_ok=True)  # a stale socket from a crash
-        self.host.supervisor.add(watcher_for(self.host.layout, self.key, self.spec))
+        software = builder.server_software(self.paths.release(self.spec.build_id))
+        try:
+            watcher = watcher_for(self.host.layout, self.key, self.spec, software)
+        except UnsupportedServer as exc:
+            # As final as a failed health check: this venv will never run this spec.
+            message = f"revision {revision} ({self.spec.version}) cannot start: {exc}"
+            self.state.failed = state.FailedRevision(revision=revision, message=message, log_tail="", at=state.now())
+            raise StepFailed(message) from None
+        self.host.supervisor.add(watcher)
 
     def do_health_check(self, revision: str) -> None:
         check = self.spec.health_check
+        name = watcher_name(self.key, revision)
         result = health.wait_healthy(
             self.paths.socket(revision), check.path, expected=check.expected_status,
             deadline_seconds=check.timeout_seconds, host=self.spec.proxy.server_names[0],
+            exited=lambda: self.host.supervisor.exit_status(name),
         )
         if result.healthy:
             return
         self.host.recorder.health_check_failed(self.key)
         tail = log_tail(self.paths, revision, daemon_logs=tuple(self.host.layout.supervisor.glob("*.log")))
-        self.host.supervisor.remove(watcher_name(self.key, revision))
-        message = f"revision {revision} ({self.spec.version}) failed its health check: {result.detail}"
+        self.host.supervisor.remove(name)
+        message = health_failure_message(revision, self.spec.version, result, last_log_line(self.paths, revision) or tail)
         self.state.failed = state.FailedRevision(revision=revision, message=message, log_tail=tail, at=state.now())
         raise StepFailed(message, tail)
 

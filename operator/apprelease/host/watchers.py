@@ -1,7 +1,8 @@
 """What one running revision of an app is, as a supervisor sees it: a `WatcherSpec`.
 
-Pure: `watcher_for` turns a HostReleaseSpec into the command, user, environment and logs
-of the gunicorn master serving that revision on its own unix socket. The rotation code calls
+Pure: `watcher_for` turns a HostReleaseSpec, and the server software its venv holds, into
+the command, user, environment and logs of the gunicorn master serving that revision on its
+own unix socket. The rotation code calls
 it and hands the result to a supervisor backend (`host.supervisors`), which only knows how
 to run a WatcherSpec, never how an app release is put together.
 """
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..api.models import HostReleaseSpec
+from . import servers
 from .layout import HostLayout, watcher_name
+from .servers import ServerSoftware
 
 # Log files rotate at this size, keeping this many old files (per stream, per revision).
 LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -43,14 +46,15 @@ class WatcherSpec:
     stop_signal: int = int(signal.SIGTERM)
 
 
-def gunicorn_argv(python: Path, socket: Path, spec: HostReleaseSpec) -> tuple[str, ...]:
-    """The gunicorn command line of a revision.
+def gunicorn_argv(python: Path, socket: Path, spec: HostReleaseSpec, software: ServerSoftware) -> tuple[str, ...]:
+    """The gunicorn command line of a revision, for the gunicorn the venv holds.
 
     `python -m gunicorn`, not `bin/gunicorn`: the venv is built in a temp dir and renamed,
     so script shebangs name a path that no longer exists; the interpreter finds its venv
-    from its own path instead.
+    from its own path instead. Raises `servers.UnsupportedServer` when the venv cannot run it.
     """
     server = spec.server
+    version = servers.check_gunicorn(software)
     return (
         str(python),
         "-m",
@@ -59,23 +63,22 @@ def gunicorn_argv(python: Path, socket: Path, spec: HostReleaseSpec) -> tuple[st
         f"unix:{socket}",
         "--workers",
         str(server.workers),
-        "--threads",
-        str(server.threads),
-        "--worker-class",
-        "gthread",
+        *servers.worker_options(server, software),
         "--timeout",
         str(server.timeout_seconds),
         "--graceful-timeout",
         str(server.graceful_timeout_seconds),
-        # gunicorn 27's control socket lives in the user's home; system users have none
-        "--no-control-socket",
+        *servers.version_options(version),
         *server.extra_args,
         spec.entrypoint,
     )
 
 
-def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec) -> WatcherSpec:
-    """The watcher serving `spec.revision` of app `key` on `run/<revision>.sock`."""
+def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec, software: ServerSoftware) -> WatcherSpec:
+    """The watcher serving `spec.revision` of app `key` on `run/<revision>.sock`.
+
+    `software` is what the release's venv holds (release.json): the options depend on it.
+    """
     app = layout.app(key)
     venv = app.venv(spec.build_id)
     env = {e.name: e.value for e in spec.env}
@@ -84,7 +87,7 @@ def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec) -> WatcherS
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
     return WatcherSpec(
         name=watcher_name(key, spec.revision),
-        argv=gunicorn_argv(venv / "bin" / "python", app.socket(spec.revision), spec),
+        argv=gunicorn_argv(venv / "bin" / "python", app.socket(spec.revision), spec, software),
         cwd=app.release(spec.build_id),
         user=spec.user,
         group=spec.user,  # useradd --user-group: the user's own group

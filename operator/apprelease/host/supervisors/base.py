@@ -93,6 +93,22 @@ class WatcherState:
     pids: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class ProcessExit:
+    """How a watcher's process ended: `code` >= 0 is its exit status, < 0 minus the signal
+    that killed it, None when the daemon did not say (e.g. it could not start it at all)."""
+
+    code: int | None
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.code is None:
+            return f"exited ({self.detail or 'exit status unknown'})"
+        if self.code < 0:
+            return f"was killed by signal {-self.code}"
+        return f"exited with code {self.code}"
+
+
 class Supervisor(Protocol):
     """A per-host process supervisor controlled through a local socket."""
 
@@ -120,6 +136,11 @@ class Supervisor(Protocol):
 
     def main_pid(self, name: str) -> int | None:
         """Pid of the watcher's process (the gunicorn master), or None if not running."""
+        ...
+
+    def exit_status(self, name: str) -> ProcessExit | None:
+        """How the watcher's process ended, while the daemon has it exited (before or instead
+        of a restart); None while it runs. The health gate stops waiting on it."""
         ...
 
     def stop_daemon(self) -> None:

@@ -12,15 +12,20 @@ command at a time, so add/rm/quit carry `"waiting": true` and are answered when 
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import zmq
 from circus.client import CircusClient
 from circus.exc import CallError
 
+from ..executor import LocalExecutor
 from ..watchers import WatcherSpec
 from .base import (
     ENV_PREFIX,
+    ProcessExit,
     SupervisorBackend,
     SupervisorError,
     WatcherState,
@@ -89,6 +94,11 @@ class CircusSupervisor(SupervisorBackend):
     """circusd under `root` (= layout.supervisor)."""
 
     kind = "circus"
+
+    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable):
+        super().__init__(root, executor, python)
+        self._subscribers: dict[str, zmq.Socket] = {}  # watcher -> its reap events
+        self._exits: dict[str, ProcessExit] = {}  # watcher -> its last exit seen
 
     @property
     def config(self) -> Path:
@@ -184,8 +194,40 @@ class CircusSupervisor(SupervisorBackend):
         pids = self._command("list", name=name)["pids"]
         return min(pids) if pids else None
 
+    def _reap_subscriber(self, name: str) -> zmq.Socket:
+        """A subscription to circusd's `reap` events of one watcher, opened on first use.
+
+        circusd tells exit codes only on its pub/sub stream (its `list` hides an exited
+        process at once). It reaps every check_delay (circus.ini) and then respawns, so even
+        a subscription made just after a failing process exited sees its next exit.
+        """
+        sub = self._subscribers.get(name)
+        if sub is None:
+            sub = zmq.Context.instance().socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, f"watcher.{name}.reap".encode())
+            sub.connect(f"ipc://{self.socket('pub')}")
+            self._subscribers[name] = sub
+        return sub
+
+    def _forget_exits(self, name: str) -> None:
+        sub = self._subscribers.pop(name, None)
+        if sub is not None:
+            sub.close()
+        self._exits.pop(name, None)
+
+    def exit_status(self, name: str) -> ProcessExit | None:
+        sub = self._reap_subscriber(name)
+        while sub.poll(0):
+            _topic, body = sub.recv_multipart()
+            code = json.loads(body).get("exit_code")
+            self._exits[name] = ProcessExit(code if isinstance(code, int) else None)
+        return self._exits.get(name)
+
     def add(self, spec: WatcherSpec) -> None:
         options = watcher_options(spec)
+        self._forget_exits(spec.name)
+        self._reap_subscriber(spec.name)  # before it runs: its first exit is then seen too
         # On disk first: from here on a restarted circusd runs it even if we die now.
         write_atomically(self.watcher_file(spec.name), render_watcher(spec))
         live = self._options(spec.name)
@@ -216,6 +258,7 @@ class CircusSupervisor(SupervisorBackend):
         self._command("rm", timeout=graceful_timeout + STOP_MARGIN, name=name, nostop=False, waiting=True)
 
     def remove(self, name: str) -> None:
+        self._forget_exits(name)
         live = self._options(name)
         if live is not None:
             self._stop_and_forget(name, float(live.get("graceful_timeout", 30)))

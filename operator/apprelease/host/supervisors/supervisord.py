@@ -9,15 +9,19 @@ added live with `reloadConfig` + `addProcessGroup` (removed with `stopProcess` +
 
 from __future__ import annotations
 
+import re
 import signal
+import sys
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
 from supervisor.xmlrpc import Faults, SupervisorTransport
 
+from ..executor import LocalExecutor
 from ..watchers import WatcherSpec
 from .base import (
+    ProcessExit,
     SupervisorBackend,
     SupervisorError,
     WatcherState,
@@ -25,6 +29,7 @@ from .base import (
     command_line,
     encode_env,
     launch_argv,
+    log_tail,
     plain,
     private_dir,
     render_template,
@@ -42,6 +47,7 @@ _STATUS = {
     "FATAL": "fatal",
 }
 _NOT_STARTED = ("STOPPED", "EXITED", "FATAL")
+_EXITED = ("BACKOFF", "EXITED", "FATAL")
 
 
 def escape(value: str) -> str:
@@ -75,10 +81,27 @@ def render_program(spec: WatcherSpec) -> str:
     )
 
 
+def logged_exit(log: str, name: str) -> ProcessExit | None:
+    """The last exit of program `name` that supervisord's log reports, if any."""
+    pattern = re.compile(rf"exited: {re.escape(name)} \((?:exit status (\d+)|terminated by SIG(\w+))")
+    for line in reversed(log.splitlines()):
+        match = pattern.search(line)
+        if match:
+            if match.group(1) is not None:
+                return ProcessExit(int(match.group(1)))
+            number = getattr(signal, f"SIG{match.group(2)}", None)
+            return ProcessExit(-int(number)) if number is not None else ProcessExit(None, f"terminated by SIG{match.group(2)}")
+    return None
+
+
 class SupervisordSupervisor(SupervisorBackend):
     """supervisord under `root` (= layout.supervisor)."""
 
     kind = "supervisord"
+
+    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable):
+        super().__init__(root, executor, python)
+        self._log_marks: dict[str, int] = {}  # program -> daemon log size when it was added
 
     @property
     def config(self) -> Path:
@@ -161,7 +184,47 @@ class SupervisordSupervisor(SupervisorBackend):
         info = self._info(name)
         return info["pid"] if info and info["pid"] else None
 
+    def exit_status(self, name: str) -> ProcessExit | None:
+        # supervisord's log is the one complete record: its API clears the exit status of a
+        # process that exited within startsecs (BACKOFF, then FATAL), and a later exit
+        # (EXITED) lasts only until autorestart starts it again, easily between two polls.
+        # Requested stops are logged as "stopped:", never "exited:".
+        info = self._info(name)
+        if info is None:
+            return None
+        mark = self._log_marks.get(name)
+        if mark is not None:
+            logged = logged_exit(self._log_since(mark), name)
+            if logged is not None:
+                return logged
+        elif info["statename"] in _EXITED:  # added by an earlier agent process: the recent log
+            logged = logged_exit(log_tail(self.daemon_log, 200), name)
+            if logged is not None:
+                return logged
+        if info["statename"] == "EXITED":
+            return ProcessExit(int(info["exitstatus"]))
+        if info["statename"] in _EXITED:
+            return ProcessExit(None, str(info.get("spawnerr") or info["statename"].lower()))
+        return None
+
+    def _log_size(self) -> int:
+        try:
+            return self.daemon_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _log_since(self, mark: int) -> str:
+        try:
+            with self.daemon_log.open("rb") as f:
+                if f.seek(0, 2) < mark:
+                    mark = 0  # rotated since
+                f.seek(mark)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def add(self, spec: WatcherSpec) -> None:
+        self._log_marks[spec.name] = self._log_size()  # exit_status reads what follows
         # On disk first: from here on a restarted supervisord runs it even if we die now.
         write_atomically(self.program_file(spec.name), render_program(spec))
         rpc = self._rpc()
@@ -197,6 +260,7 @@ class SupervisordSupervisor(SupervisorBackend):
         rpc.removeProcessGroup(name)
 
     def remove(self, name: str) -> None:
+        self._log_marks.pop(name, None)
         if self._info(name) is not None:
             self._stop_and_forget(name)
         self.program_file(name).unlink(missing_ok=True)
