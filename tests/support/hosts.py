@@ -49,7 +49,8 @@ def stop_host(host: core.Host) -> None:
 
 def app_release(index_url: str, version: str, *, port: int, name: str = "webxample", namespace: str = "default",
                 fail_health: bool = False, health_timeout: int = 20, limit: int = 5,
-                requirements: list[str] | None = None, graceful: int = 10, **proxy: object) -> AppRelease:
+                requirements: list[str] | None = None, graceful: int = 10, user: str | None = None,
+                **proxy: object) -> AppRelease:
     spec = {
         **EXAMPLE["spec"],
         "version": version,
@@ -60,6 +61,7 @@ def app_release(index_url: str, version: str, *, port: int, name: str = "webxamp
         "healthCheck": {"path": "/healthz", "timeoutSeconds": health_timeout},
         "server": {"workers": 2, "threads": 8, "gracefulTimeoutSeconds": graceful},
         "revisionHistoryLimit": limit,
+        "user": user or EXAMPLE["spec"]["user"],
     }
     doc = {"apiVersion": "apprelease.dev/v1alpha1", "kind": "AppRelease",
            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
