@@ -40,6 +40,7 @@ class Outcome:
     gone: bool = False
     requeue_after: float | None = None  # seconds until a time-based change (progress deadline)
     status_written: bool = False
+    held: bool = False  # held by a conflict with an older AppRelease: woken when another one changes or goes
 
 
 def utcnow() -> datetime:
@@ -112,7 +113,8 @@ def reconcile_app_release(
         post(obj, event)
     written = _write_status(api, obj, previous, new)
     _record_metrics(namespace, name, previous, new, events)
-    return Outcome(requeue_after=status.deadline_in(rollout, new, now), status_written=written)
+    return Outcome(requeue_after=status.deadline_in(rollout, new, now), status_written=written,
+                   held=conflict is not None)
 
 
 def _cluster_conflicts(api: KubeApi, obj: Mapping[str, Any], app: AppRelease) -> list[conflicts.ClusterConflict]:
