@@ -91,7 +91,11 @@ def test_operator_holds_the_younger_app_until_the_older_goes(cluster, namespaces
         assert message == (f"Conflict: AppRelease {ns_a}/shop (older) claims webxample.local on port 8080 on node(s) "
                            f"{nodes[0]}, {nodes[1]}: no host of this AppRelease is created or updated until one of "
                            f"them changes")
-        print("\n$ kubectl get ar rival -o jsonpath='{.status.conditions[?(@.type==\"Degraded\")]}'\n" + message)
+        conditions = "{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{\"\\n\"}{end}"
+        print(f"\n$ kubectl -n {ns_b} get ar rival -o jsonpath='{conditions}'\n"
+              + cluster.kubectl("get", "ar", "rival", "-n", ns_b, "-o", f"jsonpath={conditions}").stdout)
+        print(f"$ kubectl -n {ns_b} get events --field-selector reason=HostConflict\n"
+              + cluster.kubectl("get", "events", "-n", ns_b, "--field-selector", "reason=HostConflict").stdout)
         assert get_json(cluster, "hr", "-n", ns_b)["items"] == []
         events = [e for e in get_json(cluster, "events", "-n", ns_b)["items"] if e["reason"] == "HostConflict"]
         assert len(events) == 1 and events[0]["type"] == "Warning", events
