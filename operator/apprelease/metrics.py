@@ -44,7 +44,8 @@ ROLLOUTS_COMPLETED = Counter(
     ["namespace", "app"], registry=OPERATOR)
 ROLLOUTS_HALTED = Counter(
     "apprelease_rollouts_halted_total",
-    "Rollouts halted: a host failed (HostFailed) or no progress within the deadline (ProgressDeadlineExceeded).",
+    "Rollouts halted: a host failed (HostFailed), a host conflict (HostConflict) or no progress within the deadline "
+    "(ProgressDeadlineExceeded).",
     ["namespace", "app", "reason"], registry=OPERATOR)
 HOSTS = Gauge(
     "apprelease_hosts", "Hosts of an AppRelease by the phase its status shows.",

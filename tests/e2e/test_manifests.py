@@ -4,7 +4,7 @@ Covers: `kubectl kustomize manifests/` renders the CRDs from crds/ (not a copy) 
 object the base names, all namespaced ones in apprelease-system; `kubectl apply -k
 --dry-run=server` accepts every object; a real `kubectl apply -k` creates them all (the
 Deployment and DaemonSet are accepted; no pods ever run here) and a second apply changes
-nothing; the CRDs applied through the base are Established and the admission policy is bound.
+nothing; the CRDs applied through the base are Established and the admission policies are bound.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ EXPECTED = {
     ("DaemonSet", "apprelease-agent"),
     ("ValidatingAdmissionPolicy", "apprelease-agent-own-node"),
     ("ValidatingAdmissionPolicyBinding", "apprelease-agent-own-node"),
+    ("ConfigMap", "apprelease-policy"),
+    ("ValidatingAdmissionPolicy", "apprelease-tenant-policy"),
+    ("ValidatingAdmissionPolicyBinding", "apprelease-tenant-policy"),
+    ("ValidatingAdmissionPolicy", "apprelease-policy-params"),
+    ("ValidatingAdmissionPolicyBinding", "apprelease-policy-params"),
 }
 CLUSTER_SCOPED = {"CustomResourceDefinition", "Namespace", "ClusterRole", "ClusterRoleBinding",
                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}

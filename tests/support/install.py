@@ -1,7 +1,9 @@
 """Installing manifests/ (the kustomize base a real cluster gets) into the test control plane.
 
-Who uses it: tests/e2e/test_manifests.py, test_rbac.py and test_leader.py, which all need the
-real ServiceAccounts, ClusterRoles and admission policy rather than test copies of them.
+Who uses it: tests/e2e/test_manifests.py, test_rbac.py, test_leader.py and test_tenant_policy.py,
+which all need the real ServiceAccounts, ClusterRoles and admission policies rather than test
+copies of them. After each e2e module the tenant policy allows any port (conftest.py): its
+default would refuse the free high ports other modules deploy on.
 `kubectl apply` is idempotent, so each module may call `install` whatever ran before.
 """
 
@@ -20,6 +22,8 @@ NAMESPACE = "apprelease-system"
 OPERATOR_SA = "apprelease-operator"
 AGENT_SA = "apprelease-agent"
 AGENT_POLICY = "apprelease-agent-own-node"
+TENANT_POLICY = "apprelease-tenant-policy"
+POLICY_CONFIGMAP = "apprelease-policy"
 
 
 def render(cp: ControlPlane) -> list[dict]:

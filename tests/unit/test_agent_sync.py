@@ -3,7 +3,9 @@
 Covers: the work queue (a key queued once however often added, re-processed when added
 while processing, delayed adds, shutdown wakes the worker); the status merge patch nulls
 fields that are gone; a status differing only in updatedAt is not worth a write; the Ready
-condition keeps its transition time while unchanged; orphan apps are those no HostRelease
+condition keeps its transition time while unchanged; a conflict is the Ready condition's
+reason, is dropped by the next status, and marks the keys woken when the host's claims
+change; orphan apps are those no HostRelease
 names (the app label stands in for an unusable spec); finalizer lists; which status
 changes emit an Event; the worker: an invalid HostRelease gets Failed with the validation
 message (after the finalizer, without a crash), one whose spec.node is not this node is
@@ -112,6 +114,21 @@ def test_ready_condition_keeps_its_transition_time_while_unchanged():
     assert failed.conditions[0].status == "False" and failed.conditions[0].last_transition_time.year > 2020
 
 
+def test_conflict_shows_as_the_ready_conditions_reason_and_is_dropped_by_the_next_status():
+    conflict = status(phase="Failed", reason="Conflict", message="Conflict: a/b already serves x on port 80")
+    (cond,) = sync.with_ready_condition(conflict, None).conditions
+    assert (cond.status, cond.reason, cond.message) == ("False", "Conflict", conflict.message)
+    assert sync.pending_status(conflict, 2, "moving on").reason is None
+    assert sync.failed_status(conflict, 2, "health check failed").reason is None
+
+
+def test_conflicted_keys_are_the_ones_to_wake_when_the_host_changes():
+    conflict = status(phase="Failed", reason="Conflict", message="Conflict: ...")
+    statuses = [("ns/b", conflict), ("ns/a", status()), ("ns/c", None), ("ns/d", status(phase="Failed")),
+                ("other/a", conflict)]
+    assert sync.conflicted_keys(statuses) == ["ns/b", "other/a"]
+
+
 def hr(name: str, namespace: str = "ns", app: str | None = "web", labels: dict | None = None, **meta) -> dict:
     spec = {"app": app} if app else {"bogus": 1}
     return {"metadata": {"name": name, "namespace": namespace, "labels": labels or {}, **meta}, "spec": spec}
@@ -137,7 +154,9 @@ def test_finalizer_lists():
     (status(serving_revision="r1"), status(serving_revision="r1"), None),
     (status(), status(phase="Failed", message="boom"), "Failed"),
     (status(phase="Failed", message="boom"), status(phase="Failed", message="boom"), None),
-], ids=["first-ready", "new-revision", "resync", "fails", "still-failing"])
+    (status(), status(phase="Failed", reason="Conflict", message="Conflict: a/b already serves x on port 80"),
+     "Conflict"),
+], ids=["first-ready", "new-revision", "resync", "fails", "still-failing", "conflict"])
 def test_events_only_on_news(old, new, reason):
     event = sync.event_for(old, new)
     assert (event[1] if event else None) == reason

@@ -8,11 +8,14 @@ its lastTransitionTime while its status does not change; currentRevision/previou
 history appended when a rollout completes, not duplicated, a revert keeps firstDeployed,
 trimmed to revisionHistoryLimit+1; InvalidSpec status and its event posted once; the
 rollout events (RolloutStarted, HostUpdated, HostFailed, RolloutComplete) each once;
-the time left until the progress deadline. One reconcile pass against an in-memory API:
+the time left until the progress deadline; host conflicts (Degraded/HostConflict named before
+a health failure, the operator's hold, their events once, the halted reason). One reconcile pass against an in-memory API:
 creates, then writes nothing when nothing changed; an invalid spec is reported once and
-touches no host. The API edge: owner lookup, status merge patch, stored-spec normalization.
-A host in any live phase (Building .. Draining) gives the same conditions and counts as one
-Pending, so Argo CD's health check (which reads only those) maps it the same: Progressing.
+touches no host; the younger of two AppReleases claiming the same name on shared Nodes creates
+nothing until the older one goes, and an older one is never held by a younger one. The API
+edge: owner lookup, status merge patch, stored-spec normalization. A host in any live phase
+(Building .. Draining) gives the same conditions and counts as one Pending, so Argo CD's
+health check (which reads only those) maps it the same: Progressing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from apprelease.controller.status import (
     compute_status,
     condition,
     deadline_in,
+    halted_reason,
     invalid_spec_events,
     invalid_spec_status,
     rollout_events,
@@ -50,10 +54,11 @@ def spec(rev: str) -> dict:
 
 
 def host(node: str, rev: str, phase: str | None = "Ready", *, observed: bool = True, serving: str | None = "same",
-         message: str | None = None, deleting: bool = False) -> HostView:
+         message: str | None = None, deleting: bool = False, reason: str | None = None) -> HostView:
     return HostView(
         name=f"app-{node}", node=node, spec=spec(rev), generation=2, observed_generation=2 if observed else 1,
         phase=phase, serving_revision=rev if serving == "same" else serving, message=message, deleting=deleting,
+        reason=reason,
     )
 
 
@@ -92,6 +97,18 @@ CONDITION_CASES = [
     ("failed-host", rollout("r2", [host("a", "r2", "Failed", serving="r1", message="boom"), host("b", "r1")]), {
         "Available": ("True", "MinimumHostsAvailable"), "Progressing": ("True", "RolloutInProgress"),
         "Degraded": ("True", "HostFailed")}),
+    ("host-conflict", rollout("r1", [host("a", "r1", "Failed", serving=None, reason="Conflict",
+                                          message="Conflict: x/y already serves n on port 80"), host("b", "r1")]), {
+        "Available": ("False", "HostsUnavailable"), "Progressing": ("True", "RolloutInProgress"),
+        "Degraded": ("True", "HostConflict")}),
+    ("conflict-named-before-a-health-failure", rollout("r2", [
+        host("a", "r2", "Failed", serving="r1", message="boom"),
+        host("b", "r2", "Failed", serving="r1", reason="Conflict", message="Conflict: ...")]), {
+        "Available": ("True", "MinimumHostsAvailable"), "Progressing": ("True", "RolloutInProgress"),
+        "Degraded": ("True", "HostConflict")}),
+    ("held-by-the-operator", rollout("r1", [], conflict="Conflict: AppRelease x/y (older) claims ..."), {
+        "Available": ("False", "HostsUnavailable"), "Progressing": ("True", "RolloutInProgress"),
+        "Degraded": ("True", "HostConflict")}),
     ("paused", rollout("r2", [host("a", "r1"), host("b", "r1")], paused=True), {
         "Available": ("True", "MinimumHostsAvailable"), "Progressing": ("Unknown", "RolloutPaused"),
         "Degraded": ("False", "NoHostFailed")}),
@@ -247,6 +264,23 @@ def test_events_of_a_rollout():
     assert nodes == tuple(h.node for h in s5.hosts)
 
 
+def test_conflict_events_once():
+    r = rollout("r1", [host("a", "r1", "Failed", serving=None, reason="Conflict", message="Conflict: x/y ..."),
+                       host("b", "r1")])
+    s = compute_status(r, None, T0)
+    events = rollout_events(None, s, r, Step(), r.hosts, 1)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "HostConflict"), ("Normal", "HostUpdated")]
+    assert events[0].message == "host a failed on revision r1 (version v-r1): Conflict: x/y ..."
+    assert rollout_events(s, compute_status(r, s, T0), r, Step(), r.hosts, 1) == []
+
+    held = rollout("r1", [], conflict="Conflict: AppRelease x/y (older) claims n on port 80 on node(s) a")
+    s = compute_status(held, None, T0)
+    events = rollout_events(None, s, held, Step(), [], 1)
+    assert [(e.type, e.reason, e.message) for e in events] == [("Warning", "HostConflict", held.conflict)]
+    assert rollout_events(s, compute_status(held, s, T0), held, Step(), [], 1) == []
+    assert halted_reason(None, s) == "HostConflict" and halted_reason(s, s) is None
+
+
 def test_first_deploy_events():
     r = rollout("r1", [HostView(name="app-a", node="a", spec=spec("r1")), HostView(name="app-b", node="b",
                                                                                    spec=spec("r1"))])
@@ -262,9 +296,16 @@ def test_first_deploy_events():
 class FakeApi:
     """Just enough of `controller.kube.KubeApi` for `reconcile_app_release`, recording writes."""
 
-    def __init__(self, app: dict, nodes: list[str]) -> None:
+    def __init__(self, app: dict, nodes: list[str], others: list[dict] | None = None) -> None:
         self.app, self.nodes, self.hosts = app, nodes, {}
+        self.others = others or []  # other AppReleases of the cluster
         self.writes: list[str] = []
+
+    def list_all_app_releases(self):
+        return [copy.deepcopy(self.app), *copy.deepcopy(self.others)]
+
+    def node_labels(self):
+        return {n: {"apprelease.dev/host": "true"} for n in self.nodes}
 
     def get_app_release(self, namespace, name):
         return copy.deepcopy(self.app)
@@ -297,10 +338,11 @@ class FakeApi:
         self.app["status"] = {k: v for k, v in merged.items() if v is not None}
 
 
-def _app_object(**spec_changes) -> dict:
+def _app_object(name: str = "webxample", created: str = "2025-01-01T12:00:00Z", **spec_changes) -> dict:
     spec = {**copy.deepcopy(EXAMPLE["spec"]), **spec_changes}
     return {"apiVersion": "apprelease.dev/v1alpha1", "kind": "AppRelease",
-            "metadata": {"name": "webxample", "namespace": "ns", "uid": "u1", "generation": 1}, "spec": spec}
+            "metadata": {"name": name, "namespace": "ns", "uid": "u1", "generation": 1, "creationTimestamp": created},
+            "spec": spec}
 
 
 def test_reconcile_creates_reports_and_writes_status_only_on_change():
@@ -326,6 +368,34 @@ def test_reconcile_invalid_spec_reports_once_and_touches_no_host():
     api.writes.clear()
     reconcile_app_release(api, "ns", "webxample", T0 + timedelta(seconds=30), lambda obj, e: events.append(e.reason))
     assert api.writes == [] and events == ["InvalidSpec"]  # no retry storm, no repeated event
+
+
+def test_reconcile_holds_the_younger_of_two_conflicting_apps_until_the_older_goes():
+    older = _app_object(name="first", created="2025-01-01T11:00:00Z")
+    api = FakeApi(_app_object(), ["n1", "n2"], others=[older])
+    events = []
+    reconcile_app_release(api, "ns", "webxample", T0, lambda obj, e: events.append(e.reason))
+    assert api.writes == ["status"] and events == ["HostConflict"]  # no HostRelease created
+    degraded = next(c for c in api.app["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "HostConflict"
+    assert degraded["message"].startswith(
+        "Conflict: AppRelease ns/first (older) claims webxample.local on port 8080 on node(s) n1, n2")
+    api.writes.clear()
+    reconcile_app_release(api, "ns", "webxample", T0 + timedelta(seconds=30), lambda obj, e: events.append(e.reason))
+    assert api.writes == [] and events == ["HostConflict"]  # still held: nothing new written or posted
+
+    api.others = []  # the older one is deleted
+    reconcile_app_release(api, "ns", "webxample", T0 + timedelta(seconds=60), lambda obj, e: events.append(e.reason))
+    assert api.writes == ["create webxample-n1", "create webxample-n2", "status"]
+    degraded = next(c for c in api.app["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "NoHostFailed"
+
+
+def test_reconcile_ignores_a_younger_conflicting_app():
+    younger = _app_object(name="second", created="2025-01-01T13:00:00Z")
+    api = FakeApi(_app_object(), ["n1"], others=[younger])
+    reconcile_app_release(api, "ns", "webxample", T0, lambda obj, e: None)
+    assert api.writes == ["create webxample-n1", "status"]
 
 
 @pytest.mark.parametrize(("body", "owner"), [

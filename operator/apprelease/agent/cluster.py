@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from .. import metrics
 from ..api.manifests import explain
 from ..api.models import HostRelease, HostReleaseStatus
-from ..host import core
+from ..host import core, plan
 from ..host.layout import app_key, parse_watcher_name
 from ..host.progress import no_progress
 from . import kube, phases, sync
@@ -315,11 +315,19 @@ class ClusterAgent:
         finally:
             if writer is not None:
                 writer.close()  # before the final status: no phase write may land after it
+        if any(a.kind in (plan.WRITE_SITE, plan.REMOVE_SITE) for a in result.plan.actions):
+            self._wake_conflicted()  # this app's claims changed: one refused earlier may fit now
         # A converged host plans nothing at every resync: only work is worth an INFO line.
         log.log(logging.INFO if result.plan else logging.DEBUG, "%s/%s: %s -> %s (%s)",
                 release.metadata.namespace, release.metadata.name,
                 result.plan, result.status.phase, "; ".join(f"{s.action} {s.seconds:.2f}s" for s in result.steps) or "no steps")
         return result.status
+
+    def _wake_conflicted(self) -> None:
+        """Queue the HostReleases refused for a host conflict: the host's claims just changed."""
+        for key in sync.conflicted_keys((k, self._stored_status(k, o)[0]) for k in self.cache.keys()
+                                        if (o := self.cache.get(k)) is not None):
+            self.queue.add(key)
 
     def _tls_source(self, namespace: str, name: str) -> tuple[str, str]:
         try:
@@ -355,6 +363,7 @@ class ClusterAgent:
             removal = core.remove(self.host, meta["namespace"], app)
             log.info("%s: removed %s/%s from this host: %s", key, meta["namespace"], app, removal)
             self._event(obj, "Normal", "Removed", f"{app} stopped and removed from node {self.settings.node}")
+            self._wake_conflicted()
         self._work_api.patch_metadata(
             meta["namespace"], meta["name"], {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]})
         self._written.pop(key, None)
@@ -430,4 +439,5 @@ class ClusterAgent:
             removal = core.remove(self.host, namespace, app)
             log.info("removed %s from this host, no HostRelease of node %s names it: %s",
                      orphan, self.settings.node, removal)
+            self._wake_conflicted()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.models import APP_LABEL, IN_PROGRESS_PHASES, Condition, HostReleaseStatus
+from ..api.models import APP_LABEL, CONFLICT_REASON, IN_PROGRESS_PHASES, Condition, HostReleaseStatus
 from ..host import state
 from ..host.layout import app_key
 
@@ -97,7 +97,7 @@ def with_ready_condition(status: HostReleaseStatus, previous: HostReleaseStatus 
     ready = status.phase == READY
     # Not known yet while the host works on the spec: the old revision may well still serve.
     value = "True" if ready else ("Unknown" if status.phase in ("Pending", *IN_PROGRESS_PHASES) else "False")
-    reason = {"Ready": "Serving", "Pending": "Reconciling"}.get(status.phase or "", status.phase or "Unknown")
+    reason = status.reason or {"Ready": "Serving", "Pending": "Reconciling"}.get(status.phase or "", status.phase or "Unknown")
     before = next((c for c in previous.conditions if c.type == READY), None) if previous else None
     since = before.last_transition_time if before and before.status == value else state.now()
     condition = Condition(type=READY, status=value, reason=reason, message=status.message or "",
@@ -111,7 +111,7 @@ def failed_status(previous: HostReleaseStatus | None, generation: int | None, me
     """Failed for this generation; what is known of the serving revision stays as it was."""
     base = previous or HostReleaseStatus()
     return base.model_copy(update={
-        "observed_generation": generation, "phase": "Failed", "message": message,
+        "observed_generation": generation, "phase": "Failed", "reason": None, "message": message,
         "log_tail": log_tail, "updated_at": state.now(),
     })
 
@@ -126,7 +126,7 @@ def progress_status(previous: HostReleaseStatus | None, generation: int | None, 
     known of the serving revision stays as it was, since it still serves."""
     base = previous or HostReleaseStatus()
     return base.model_copy(update={
-        "observed_generation": generation, "phase": phase, "message": message,
+        "observed_generation": generation, "phase": phase, "reason": None, "message": message,
         "log_tail": None, "updated_at": state.now(),
     })
 
@@ -161,5 +161,11 @@ def event_for(old: HostReleaseStatus | None, new: HostReleaseStatus) -> tuple[st
     if new.phase == "Ready" and (old is None or old.phase != "Ready" or old.serving_revision != new.serving_revision):
         return "Normal", "Reconciled", new.message or "ready"
     if new.phase == "Failed" and (old is None or old.phase != "Failed" or old.message != new.message):
-        return "Warning", "Failed", new.message or "failed"
+        return "Warning", new.reason or "Failed", new.message or "failed"
     return None
+
+
+def conflicted_keys(statuses: Iterable[tuple[str, HostReleaseStatus | None]]) -> list[str]:
+    """Keys whose last status is a host conflict: worth a reconcile as soon as another app leaves
+    the host or changes its site, rather than at the next resync."""
+    return sorted(key for key, status in statuses if status is not None and status.reason == CONFLICT_REASON)

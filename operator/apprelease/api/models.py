@@ -341,6 +341,10 @@ class AppReleaseStatus(Model):
 HostPhase = Literal["Pending", "Building", "Starting", "HealthChecking", "Switching", "Draining", "Ready", "Failed",
                     "Terminating"]
 IN_PROGRESS_PHASES = ("Building", "Starting", "HealthChecking", "Switching", "Draining")
+# HostReleaseStatus.reason of a spec refused because another app on the host holds its
+# (port, server name) or its port's TLS mode (api/claims.py). Not terminal: checked again at
+# each reconcile, so the spec converges once the other app is gone.
+CONFLICT_REASON = "Conflict"
 
 
 class BuildRecord(Model):
@@ -361,6 +365,11 @@ class HostReleaseStatus(Model):
     serving_revision: str | None = None
     serving_build_id: str | None = None
     serving_version: str | None = None
+    reason: str | None = Field(
+        default=None, max_length=64,
+        description="Why the phase is what it is, when the phase alone does not say: Conflict (another app on the "
+                    "host holds this spec's port and server name; the message names it).",
+    )
     message: str | None = None
     log_tail: str | None = Field(default=None, description="Tail of the app's log after a failure.")
     last_build: BuildRecord | None = None

@@ -12,7 +12,8 @@ How a change reaches an AppRelease's reconcile (the triggers):
   (or the progress deadline, whichever is first) passes, and reconciles again;
 - watch events wake loops: a HostRelease event wakes its owner's loop (the controller
   ownerReference, else the app label), a Node whose labels changed (or that came or went)
-  wakes every loop, an AppRelease whose generation is not yet observed wakes its own loop;
+  wakes every loop, an AppRelease whose generation is not yet observed wakes its own loop, and
+  one that changed or is deleted also wakes the loops held by a host conflict;
 - the periodic resync makes it level-triggered: a missed event costs at most one period.
 The loop reads everything from the API on each pass (no informer cache, no in-memory
 rollout state), so a restarted operator resumes exactly where the API says the rollout is.
@@ -58,6 +59,7 @@ class OperatorContext:
     api: KubeApi
     wakeups: Wakeups = field(default_factory=Wakeups)
     node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    held: set[tuple[str, str]] = field(default_factory=set)  # rollouts held by a conflict with an older AppRelease
     resync_seconds: float = RESYNC_SECONDS
 
 
@@ -120,11 +122,17 @@ def handle_event_node(ctx: OperatorContext, event_type: str | None, name: str, l
         ctx.wakeups.wake_all()
 
 
-def handle_event_app_release(ctx: OperatorContext, body: Mapping[str, Any], namespace: str, name: str) -> None:
-    generation = (body.get("metadata") or {}).get("generation")
+def handle_event_app_release(ctx: OperatorContext, body: Mapping[str, Any], namespace: str, name: str,
+                             event_type: str | None = None) -> None:
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
     observed = (body.get("status") or {}).get("observedGeneration")
     if generation != observed:  # our own status writes do not wake the loop again
         ctx.wakeups.wake((namespace, name))
+    if generation != observed or event_type == "DELETED" or meta.get("deletionTimestamp"):
+        # Another AppRelease changed its claims or leaves: a rollout held by it may go on now.
+        for key in ctx.held - {(namespace, name)}:
+            ctx.wakeups.wake(key)
 
 
 async def handle_daemon_app_release(
@@ -151,6 +159,10 @@ async def handle_daemon_app_release(
                 await stopped.wait(delay)
                 continue
             failures = 0
+            if outcome.held:
+                ctx.held.add(key)
+            else:
+                ctx.held.discard(key)
             # When `outcome.gone`, the object is being deleted: Kopf stops this loop shortly.
             timeout = ctx.resync_seconds
             if outcome.requeue_after is not None:
@@ -158,6 +170,7 @@ async def handle_daemon_app_release(
             await _pause(ctx, key, timeout, stopped)
     finally:
         ctx.wakeups.forget(key)
+        ctx.held.discard(key)
 
 
 async def _pause(ctx: OperatorContext, key: tuple[str, str], timeout: float, stopped: kopf.DaemonStopped) -> None:
@@ -211,8 +224,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         handle_event_node(ctx, type, name, labels)
 
     @kopf.on.event(GROUP, VERSION, APP_PLURAL, id="wake-on-spec", registry=registry)
-    async def app_release_event(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-        handle_event_app_release(ctx, body, namespace, name)
+    async def app_release_event(body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
+        handle_event_app_release(ctx, body, namespace, name, type)
 
     # Stopping: the loop is asked first (it returns from its pause at once), cancelled after 2 s
     # (e.g. while a reconcile pass is still running in its thread); it holds no state to save.

@@ -121,6 +121,7 @@ def host_view(obj: Mapping[str, Any]) -> HostView:
         phase=status.get("phase"),
         serving_revision=status.get("servingRevision"),
         message=status.get("message"),
+        reason=status.get("reason"),
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(meta.get("finalizers") or ()),
     )
@@ -166,6 +167,16 @@ class KubeApi:
             _request_timeout=REQUEST_TIMEOUT,
         )
         return list(listed.get("items") or [])
+
+    def list_all_app_releases(self) -> list[dict[str, Any]]:
+        """Every AppRelease in the cluster (host conflicts do not stop at namespaces)."""
+        listed = self.custom.list_cluster_custom_object(GROUP, VERSION, APP_PLURAL, _request_timeout=REQUEST_TIMEOUT)
+        return list(listed.get("items") or [])
+
+    def node_labels(self) -> dict[str, dict[str, str]]:
+        """Every Node's labels, by name."""
+        nodes = self.core.list_node(_request_timeout=REQUEST_TIMEOUT)
+        return {n.metadata.name: dict(n.metadata.labels or {}) for n in nodes.items}
 
     def list_node_names(self, selector: Mapping[str, str]) -> list[str]:
         nodes = self.core.list_node(label_selector=label_selector(selector) or None, _request_timeout=REQUEST_TIMEOUT)

@@ -44,6 +44,7 @@ class HostView:
     phase: str | None = None
     serving_revision: str | None = None
     message: str | None = None
+    reason: str | None = None  # the agent's status.reason, e.g. Conflict
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
 

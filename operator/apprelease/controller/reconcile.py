@@ -20,9 +20,10 @@ from pydantic import ValidationError
 
 from .. import metrics
 from ..api import identity, resolve
+from ..api.claims import Claims
 from ..api.manifests import explain
 from ..api.models import AppRelease, AppReleaseStatus
-from . import plan, status
+from . import conflicts, plan, status
 from .kube import KubeApi, host_release_manifest, host_view, status_patch
 from .status import Event
 
@@ -39,6 +40,7 @@ class Outcome:
     gone: bool = False
     requeue_after: float | None = None  # seconds until a time-based change (progress deadline)
     status_written: bool = False
+    held: bool = False  # held by a conflict with an older AppRelease: woken when another one changes or goes
 
 
 def utcnow() -> datetime:
@@ -81,6 +83,14 @@ def reconcile_app_release(
     desired = {node: resolve.host_release_spec(namespace, name, node, spec).wire() for node in nodes}
     before = [host_view(o) for o in api.list_host_releases(namespace, name)]
     step = plan.next_step(desired, before, spec.strategy.max_unavailable, spec.paused)
+    conflict = None
+    if step.creates or step.updates:
+        found = _cluster_conflicts(api, obj, app)
+        if found:
+            # Held like a paused rollout: nothing created or updated (the hosts it already has
+            # keep what they serve); HostReleases of deselected Nodes still go.
+            conflict = conflicts.describe(found)
+            step = plan.next_step(desired, before, spec.strategy.max_unavailable, paused=True)
     released = _release_orphans(api, namespace, before)
     _apply(api, obj, step, desired)
     after = before if step.empty and not released else [host_view(o) for o in api.list_host_releases(namespace, name)]
@@ -95,6 +105,7 @@ def reconcile_app_release(
         paused=spec.paused,
         progress_deadline_seconds=spec.strategy.progress_deadline_seconds,
         revision_history_limit=spec.revision_history_limit,
+        conflict=conflict,
     )
     new = status.compute_status(rollout, previous, now)
     events = status.rollout_events(previous, new, rollout, step, before, spec.strategy.max_unavailable)
@@ -102,7 +113,30 @@ def reconcile_app_release(
         post(obj, event)
     written = _write_status(api, obj, previous, new)
     _record_metrics(namespace, name, previous, new, events)
-    return Outcome(requeue_after=status.deadline_in(rollout, new, now), status_written=written)
+    return Outcome(requeue_after=status.deadline_in(rollout, new, now), status_written=written,
+                   held=conflict is not None)
+
+
+def _cluster_conflicts(api: KubeApi, obj: Mapping[str, Any], app: AppRelease) -> list[conflicts.ClusterConflict]:
+    """What older AppReleases claim of this one's claims on Nodes both select (two lists, no cache)."""
+    me = _contender(obj, app)
+    others = []
+    for other in api.list_all_app_releases():
+        if other["metadata"].get("deletionTimestamp"):
+            continue  # leaving: what it still serves, the agents see
+        try:
+            others.append(_contender(other, AppRelease.model_validate(other)))
+        except ValidationError:
+            continue  # an invalid spec is never rolled out, so it claims nothing
+    return conflicts.cluster_conflicts(me, others, api.node_labels())
+
+
+def _contender(obj: Mapping[str, Any], app: AppRelease) -> conflicts.Contender:
+    meta = obj["metadata"]
+    return conflicts.Contender(
+        namespace=meta["namespace"], name=meta["name"], created=meta.get("creationTimestamp") or "",
+        node_selector=app.spec.hosts.node_selector, claims=Claims.of(app.spec.proxy),
+    )
 
 
 def finalize_app_release(api: KubeApi, namespace: str, name: str) -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..api.models import (
+    CONFLICT_REASON,
     AppReleaseStatus,
     Condition,
     ConditionStatus,
@@ -37,6 +38,7 @@ ROLLOUT_COMPLETE = "RolloutComplete"
 ROLLOUT_PAUSED = "RolloutPaused"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 HOST_FAILED = "HostFailed"
+HOST_CONFLICT = "HostConflict"  # an agent refused a host (Conflict), or the operator held the rollout
 INVALID_SPEC = "InvalidSpec"
 NO_FAILURES = "NoHostFailed"
 
@@ -58,6 +60,7 @@ class Rollout:
     paused: bool = False
     progress_deadline_seconds: int = 600
     revision_history_limit: int = 5
+    conflict: str | None = None  # the operator held this rollout: an older AppRelease claims the same (controller/conflicts.py)
 
     def selected(self) -> dict[str, HostView]:
         """Live (not deleting) HostReleases of selected nodes, by node."""
@@ -197,7 +200,15 @@ def rollout_events(
         ):
             events.append(Event("Normal", HOST_UPDATED, f"{node} serves {release}"))
         if host.failed and not (was is not None and was.phase == "Failed" and was.message == host.message):
-            events.append(Event("Warning", HOST_FAILED, _failure(host)))
+            events.append(Event("Warning", HOST_CONFLICT if host.reason == CONFLICT_REASON else HOST_FAILED,
+                                _failure(host)))
+
+    degraded_before, degraded_now = condition(previous, DEGRADED), condition(new, DEGRADED)
+    if rollout.conflict is not None and degraded_now is not None and not (
+        degraded_before is not None and degraded_before.reason == HOST_CONFLICT
+        and degraded_before.message == degraded_now.message
+    ):
+        events.append(Event("Warning", HOST_CONFLICT, degraded_now.message))
 
     progressing_before, progressing_now = condition(previous, PROGRESSING), condition(new, PROGRESSING)
     if progressing_now is not None and progressing_now.reason != (progressing_before.reason if progressing_before else None):
@@ -218,16 +229,17 @@ def invalid_spec_events(previous: AppReleaseStatus | None, new: AppReleaseStatus
 
 
 def halted_reason(previous: AppReleaseStatus | None, new: AppReleaseStatus) -> str | None:
-    """HostFailed or ProgressDeadlineExceeded when this status newly halts the rollout, else None.
+    """HostFailed, HostConflict or ProgressDeadlineExceeded when this status newly halts the rollout, else None.
 
     For the rollouts-halted metric: a halt is counted when it begins, not at every reconcile
     that still sees it.
     """
     degraded_before, degraded_now = condition(previous, DEGRADED), condition(new, DEGRADED)
-    if degraded_now is not None and degraded_now.status == "True" and degraded_now.reason == HOST_FAILED and not (
-        degraded_before is not None and degraded_before.status == "True" and degraded_before.reason == HOST_FAILED
-    ):
-        return HOST_FAILED
+    for reason in (HOST_FAILED, HOST_CONFLICT):
+        if degraded_now is not None and degraded_now.status == "True" and degraded_now.reason == reason and not (
+            degraded_before is not None and degraded_before.status == "True" and degraded_before.reason == reason
+        ):
+            return reason
     progressing_before, progressing_now = condition(previous, PROGRESSING), condition(new, PROGRESSING)
     if progressing_now is not None and progressing_now.reason == PROGRESS_DEADLINE_EXCEEDED and (
         progressing_before is None or progressing_before.reason != PROGRESS_DEADLINE_EXCEEDED
@@ -266,10 +278,14 @@ def _progressing(rollout: Rollout, last_progress: datetime, now: datetime) -> tu
 
 
 def _degraded(rollout: Rollout) -> tuple[ConditionStatus, str, str]:
+    if rollout.conflict is not None:
+        return "True", HOST_CONFLICT, rollout.conflict
     failed = [h for _, h in sorted(rollout.selected().items()) if h.failed]
     if not failed:
         return "False", NO_FAILURES, "no host reports a failure"
-    return "True", HOST_FAILED, "; ".join(_failure(h) for h in failed)
+    # A conflict needs another app to change, not a fix of this one: it is named first.
+    reason = HOST_CONFLICT if any(h.reason == CONFLICT_REASON for h in failed) else HOST_FAILED
+    return "True", reason, "; ".join(_failure(h) for h in failed)
 
 
 def _failure(host: HostView) -> str:

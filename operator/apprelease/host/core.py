@@ -18,12 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..api.models import BuildRecord, HostRelease, HostReleaseSpec, HostReleaseStatus
+from ..api import claims
+from ..api.models import CONFLICT_REASON, BuildRecord, HostRelease, HostReleaseSpec, HostReleaseStatus, Proxy
 from . import builder, health, plan, state, users
 from .progress import BUILDING, PHASE_OF_STEP, Progress, no_progress
 from .executor import LocalExecutor
 from .layout import TMP_PREFIX, AppPaths, HostLayout, app_key, parse_watcher_name, watcher_name
 from .proxy.nginx import Nginx, ProxyConfigRejected
+from .proxy.render import site_claims
 from .recorder import Recorder, SilentRecorder
 from .servers import UnsupportedServer
 from .supervisors.base import Supervisor
@@ -88,9 +90,31 @@ def check_traversable(path: Path) -> None:
 
 
 class StepFailed(Exception):
-    def __init__(self, message: str, log_tail: str = ""):
+    def __init__(self, message: str, log_tail: str = "", reason: str | None = None):
         super().__init__(message)
         self.log_tail = log_tail
+        self.reason = reason  # HostReleaseStatus.reason: set where the phase alone does not say why
+
+
+def host_conflicts(host: Host, key: str, proxy: Proxy) -> list[claims.Conflict]:
+    """What other apps' live nginx sites on this host already hold of what `proxy` asks for.
+
+    Claims come from the live sites, not from other apps' specs: a site is live only after its
+    app passed this very check, so the app that serves first keeps its names, and an app
+    refused here claims nothing (its spec never blocks the app it lost to).
+    """
+    others = {}
+    for other, text in host.nginx.live_sites().items():
+        held = site_claims(text) if other != key else None
+        if held is not None:
+            others[other.replace("_", "/", 1)] = held  # '<ns>_<app>' -> 'ns/app', as kubectl names it
+    return claims.conflicts(claims.Claims.of(proxy), others)
+
+
+def _refuse_conflicts(host: Host, key: str, proxy: Proxy) -> None:
+    found = host_conflicts(host, key, proxy)
+    if found:
+        raise StepFailed(claims.describe(found), reason=CONFLICT_REASON)
 
 
 def _link_target(path: Path) -> str | None:
@@ -300,6 +324,9 @@ class _Apply:
         raise StepFailed(message, tail)
 
     def do_write_site(self, _: str) -> None:
+        # Checked again right before the write: reconcile checked first thing, but only a
+        # check next to the write holds against anything else that writes sites meanwhile.
+        _refuse_conflicts(self.host, self.key, self.spec.proxy)
         try:
             self.host.nginx.apply_site(self.key, self.site)
         except ProxyConfigRejected as exc:
@@ -346,6 +373,16 @@ def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None,
     if app_state.failed and app_state.failed.revision != spec.revision:
         app_state.failed = None  # a new spec gets a fresh chance
 
+    try:
+        # Before anything is built, started or written: a conflicting spec costs the host
+        # nothing, and the app that already serves (this one's older revision too) keeps serving.
+        # Not remembered as failed: the next reconcile (resync, or a wake-up when another app
+        # leaves) checks again, and converges once the other app is gone.
+        _refuse_conflicts(host, key, spec.proxy)
+    except StepFailed as exc:
+        log.debug("%s: %s", key, exc)  # at every resync while it lasts: the status says it once
+        return Result(status=_status(release, paths, app_state, exc), plan=plan.Plan())
+
     tls_files = None
     if spec.proxy.tls:
         if tls is None:
@@ -390,6 +427,7 @@ def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, er
         serving_revision=serving,
         serving_build_id=Path(current).name if current else None,
         serving_version=last.version if last else None,
+        reason=error.reason if error else None,
         message=str(error) if error else f"serving {release.spec.version} ({release.spec.revision})",
         log_tail=error.log_tail if error and error.log_tail else None,
         last_build=last_build,

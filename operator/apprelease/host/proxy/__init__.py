@@ -13,6 +13,7 @@ from .render import (
     StaticLocation,
     render_main,
     render_site,
+    site_claims,
     site_inputs,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "StaticLocation",
     "render_main",
     "render_site",
+    "site_claims",
     "site_inputs",
 ]

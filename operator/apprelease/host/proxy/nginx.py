@@ -207,6 +207,17 @@ class Nginx:
         """The live config text of app `key`, or None if it has none."""
         return _read(self._site_path(key))
 
+    def live_sites(self) -> dict[str, str]:
+        """Every live site file's text, by file stem (`<namespace>_<app>` for the apps' own)."""
+        if not self.layout.nginx_sites.is_dir():
+            return {}
+        sites = {}
+        for path in sorted(self.layout.nginx_sites.glob("*.conf")):
+            text = _read(path)
+            if text is not None and path.is_file():
+                sites[path.stem] = text
+        return sites
+
     def apply_site(self, key: str, text: str) -> bool:
         """Make `text` app `key`'s live server block. False if it already was.
 

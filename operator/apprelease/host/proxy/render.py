@@ -23,6 +23,7 @@ from pathlib import Path
 import jinja2
 
 from ...api import models, rules
+from ...api.claims import Claims
 from ..layout import HostLayout
 
 SITE_TEMPLATE = "nginx_site.conf.j2"
@@ -156,6 +157,28 @@ def render_main(inputs: MainInputs) -> str:
         default_http=[_listen(inputs.listen_address, p) for p in inputs.default_http_ports],
         default_https=[_listen(inputs.listen_address, p) for p in inputs.default_https_ports],
     )
+
+
+_LISTEN = re.compile(r"^\s*listen\s+(\S+?)((?:\s+[a-z_=0-9]+)*)\s*;", re.MULTILINE)
+_SERVER_NAME = re.compile(r"^\s*server_name\s+([^;]+);", re.MULTILINE)
+
+
+def site_claims(text: str) -> Claims | None:
+    """What a live site file claims on the host: its port, server names and TLS mode.
+
+    The inverse of `render_site` for the directives that matter to other apps (tested as a
+    round trip); a file this agent did not write is read the same way, as far as it goes.
+    None when the file holds no listen or no server_name (it claims nothing nginx would route).
+    """
+    listens = _LISTEN.findall(text)
+    names = [n for found in _SERVER_NAME.findall(text) for n in found.split()]
+    if not listens or not names:
+        return None
+    address, options = listens[0]
+    port = address.rsplit(":", 1)[-1]
+    if not port.isdigit():
+        return None
+    return Claims(port=int(port), names=frozenset(names), tls="ssl" in options.split())
 
 
 def check_site(inputs: SiteInputs) -> None:
