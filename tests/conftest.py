@@ -6,11 +6,14 @@ PEP 503 index on loopback, so every venv build in the tests is a real HTTP insta
 built against them (support/pypi.py `start_real_index`).
 `control_plane`: a real etcd + kube-apiserver + kube-controller-manager on loopback.
 `short_tmp`: a temp dir whose path leaves room for unix socket names.
+`accounts_left_clean` (autouse): the app and build users apprelease made during the run are
+deleted at its end (tests in fresh namespaces would otherwise fill the system uid range).
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,3 +46,18 @@ def short_tmp() -> Iterator[Path]:
     path.chmod(0o755)  # app users traverse it to reach their venv and socket
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _apprelease_accounts() -> set[str]:
+    listing = subprocess.run(["getent", "passwd"], capture_output=True, text=True).stdout
+    return {f[0] for f in (line.split(":") for line in listing.splitlines())
+            if len(f) > 4 and f[4].startswith("apprelease ")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def accounts_left_clean() -> Iterator[None]:
+    before = _apprelease_accounts()
+    yield
+    for name in sorted(_apprelease_accounts() - before):
+        # still in use (a process of a test that leaked) -> userdel refuses: kept, not killed
+        subprocess.run(["userdel", name], capture_output=True)

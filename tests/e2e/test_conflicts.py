@@ -62,7 +62,7 @@ def app_release(namespace: str, name: str, selector: dict[str, str]) -> str:
     doc = copy.deepcopy(EXAMPLE)
     doc["metadata"] = {"name": name, "namespace": namespace}
     doc["spec"]["hosts"] = {"nodeSelector": selector}
-    doc["spec"]["user"] = name
+    del doc["spec"]["user"]  # derived from namespace and app: these namespaces are new each run
     return yaml.safe_dump(doc)
 
 
@@ -152,10 +152,8 @@ def wait_phase(cluster, agent: AgentProcess, release: HostRelease, phase: str, t
 def test_agent_refuses_a_conflict_and_converges_when_the_owner_goes(cluster, agent, namespaces, package_index):
     ns_a, ns_b = namespaces
     port = free_port()
-    first = release_for(package_index.url, "1.0.0", port=port, node=agent.node, name="shop", namespace=ns_a,
-                        user="shop")
-    second = release_for(package_index.url, "2.0.0", port=port, node=agent.node, name="rival", namespace=ns_b,
-                         user="rival")
+    first = release_for(package_index.url, "1.0.0", port=port, node=agent.node, name="shop", namespace=ns_a)
+    second = release_for(package_index.url, "2.0.0", port=port, node=agent.node, name="rival", namespace=ns_b)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(first.wire()))
     wait_phase(cluster, agent, first, "Ready")
 
