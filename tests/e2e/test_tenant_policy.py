@@ -190,6 +190,7 @@ def test_preexisting_users_only_where_listed(installed, namespace, params):
     print(f"\n$ kubectl apply -f web.yaml    # user: www-data\n{message}")
     refused(installed, namespace, "spec.user", "postgres", user="postgres")
     allowed(installed, namespace, user="web")  # an app user apprelease creates
+    allowed(installed, namespace, user=None)  # empty: derived per (namespace, app), never a system account
     params(**{f"preexistingUsers.{namespace}": "www-data, nobody"})
     allowed(installed, namespace, user="www-data")
     allowed(installed, namespace, user="nobody")
