@@ -298,7 +298,8 @@ def ensure_release(
     try:
         os.chown(tmp, identity.uid, identity.gid)
         interpreter, software = _build_into(
-            tmp, paths, spec, executor, build_log, uv=uv, identity=identity, search_path=python_search_path,
+            tmp, paths, spec, executor, build_log, uv=uv, identity=identity, venv_cache=layout.venv_cache,
+            search_path=python_search_path,
             timeout=timeout, on_stage=on_stage or (lambda _: None),
         )
         record = release_document(
@@ -329,6 +330,7 @@ def _build_into(
     *,
     uv: str | None,
     identity: BuildIdentity,
+    venv_cache: Path,
     search_path: Sequence[str],
     timeout: float,
     on_stage: Callable[[str], None],
@@ -339,12 +341,25 @@ def _build_into(
     # The interpreter probe runs the host's python, not the tenant's code: root may run it.
     on_stage(f"finding python{spec.python}")
     interpreter = find_interpreter(spec.python, search_path, executor, env, build_id=build_id)
+    build_log.note(f"interpreter {interpreter.path} (Python {interpreter.full})")
+
+    # Making the venv runs only the host's interpreter (no package of the tenant's yet), so root
+    # does it, with a cache only root uses, before anything of the build user runs; the build
+    # user then gets the empty venv to install into. It saves a sandbox per build.
+    venv = tmp / "venv"
+    on_stage(f"creating the venv (Python {interpreter.full})")
+    _make_dirs(venv_cache)
+    os.chmod(venv_cache, 0o700)
+    root_env = {**env, "HOME": str(venv_cache)}
+    _run_step(executor, venv_command(tool, interpreter.path, venv, uv=uv, cache_dir=venv_cache), root_env, build_log,
+              build_id=build_id, tool=tool, timeout=timeout, on_line=lambda _: None)
+    _give(venv, identity)
+
     env["HOME"] = str(tmp / BUILD_HOME)
     env.pop("TMPDIR", None)  # the sandbox's private /tmp
     _make_owned_dir(paths.build_cache, identity)
     _make_owned_dir(tmp / BUILD_HOME, identity)
     cache_dir = paths.build_cache / tool
-    build_log.note(f"interpreter {interpreter.path} (Python {interpreter.full})")
 
     wheel_file = None
     if spec.source.wheel is not None:
@@ -353,32 +368,26 @@ def _build_into(
             spec.source.wheel.url, spec.source.wheel.sha256, tmp / DOWNLOAD_DIR, build_id=build_id
         )
 
-    venv = tmp / "venv"
-    commands = [
-        venv_command(tool, interpreter.path, venv, uv=uv, cache_dir=cache_dir),
-        install_command(
-            tool,
-            venv,
-            uv=uv,
-            cache_dir=cache_dir,
-            index_url=spec.source.index_url,
-            wheel_file=wheel_file,
-            requirements=spec.source.requirements or [],
-            only_binary=bool(spec.source.only_binary),
-        ),
-    ]
-    stages = (f"creating the venv (Python {interpreter.full})", "resolving the requirements")
+    install = install_command(
+        tool,
+        venv,
+        uv=uv,
+        cache_dir=cache_dir,
+        index_url=spec.source.index_url,
+        wheel_file=wheel_file,
+        requirements=spec.source.requirements or [],
+        only_binary=bool(spec.source.only_binary),
+    )
 
     def on_line(line: str) -> None:
         stage = build_stage(tool, line)
         if stage:
             on_stage(stage)
 
+    on_stage("resolving the requirements")
     visible = [tmp, paths.build_cache, *([Path(uv).parent] if uv else [])]
-    for argv, stage in zip(commands, stages, strict=True):
-        on_stage(stage)
-        _run_step(executor, confine(argv, identity, visible), env, build_log, build_id=build_id, tool=tool,
-                  timeout=timeout, on_line=on_line, only_binary=bool(spec.source.only_binary))
+    _run_step(executor, confine(install, identity, visible), env, build_log, build_id=build_id, tool=tool,
+              timeout=timeout, on_line=on_line, only_binary=bool(spec.source.only_binary))
 
     seal(tmp)  # the build's processes are gone: from here on only root touches the tree
     on_stage("checking the server packages")
@@ -547,6 +556,14 @@ def _make_owned_dir(path: Path, identity: BuildIdentity) -> None:
                 os.lchown(os.path.join(dirpath, name), identity.uid, identity.gid)
     os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
     os.chmod(path, 0o700)
+
+
+def _give(top: Path, identity: BuildIdentity) -> None:
+    """Hand a tree root made (the fresh venv) to the build user, links included, never followed."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        os.lchown(dirpath, identity.uid, identity.gid)
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), identity.uid, identity.gid)
 
 
 def seal(top: Path) -> None:

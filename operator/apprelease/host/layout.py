@@ -13,6 +13,7 @@
     supervisor/                                        circusd or supervisord config, state and socket
     nginx/                                             the host's nginx prefix: nginx.conf, conf.d/, logs
     tools/uv                                           uv for build users, if the agent's is out of their reach
+    cache/venv                                         root's uv cache for making venvs (interpreter facts), 0700
 
 Pure path arithmetic: nothing here touches the filesystem.
 """
@@ -126,6 +127,11 @@ class HostLayout:
 
     def nginx_site(self, key: str) -> Path:
         return self.nginx_sites / f"{key}.conf"
+
+    @property
+    def venv_cache(self) -> Path:
+        """uv's cache for making venvs, which root does (only interpreter facts): never a build user's."""
+        return self.root / "cache" / "venv"
 
     @property
     def tools(self) -> Path:
