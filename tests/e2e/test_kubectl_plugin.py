@@ -241,11 +241,16 @@ def _pid(story, node: str) -> int:
 
 
 def test_pause_resume_and_restart(story):
-    assert story.plugin("pause", APP).stdout.strip() == f"apprelease.apprelease.dev/{APP} paused"
+    def verb(*args: str) -> subprocess.CompletedProcess:
+        out = story.plugin(*args)
+        print(f"$ kubectl apprelease {' '.join(args)}   (exit {out.returncode})\n{out.stdout}{out.stderr}", end="")
+        return out
+
+    assert verb("pause", APP).stdout.strip() == f"apprelease.apprelease.dev/{APP} paused"
     assert story.app_release()["spec"]["paused"] is True
-    again = story.plugin("pause", APP)
+    again = verb("pause", APP)
     assert again.returncode == 1 and "already paused" in again.stderr
-    refused = story.plugin("restart", APP)
+    refused = verb("restart", APP)
     assert refused.returncode == 1 and "paused" in refused.stderr
     wait_for(lambda: story.conditions().get("Progressing", {}).get("reason") == "RolloutComplete", 30,
              "a paused, complete rollout stays complete")
@@ -254,13 +259,13 @@ def test_pause_resume_and_restart(story):
     story.apply(while_paused)
     paused = story.status_w(timeout=60)
     assert paused.returncode == 1 and "paused" in paused.stderr
-    assert story.plugin("resume", APP).returncode == 0
+    assert verb("resume", APP).stdout.strip() == f"apprelease.apprelease.dev/{APP} resumed"
     assert story.status_w().returncode == 0
 
     pids = {node: _pid(story, node) for node in ADDRESSES}
     revisions = {n: hr["status"]["servingRevision"] for n, hr in story.host_releases().items()}
     story.index.index.clear_requests()
-    restarted = story.plugin("restart", APP)
+    restarted = verb("restart", APP)
     assert restarted.stdout.strip() == f"apprelease.apprelease.dev/{APP} restarted"
     assert story.status_w().returncode == 0
     after = story.host_releases()

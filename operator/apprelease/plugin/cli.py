@@ -160,7 +160,8 @@ def cmd_undo(ctx: Context) -> int:
 def cmd_restart(ctx: Context) -> int:
     app = ctx.api.get_app_release(ctx.args.name)
     if (app.get("spec") or {}).get("paused"):
-        print(f"error: can't restart paused {RESOURCE} {ctx.args.name} (run rollout resume first)", file=sys.stderr)
+        print(f"error: can't restart paused {RESOURCE} {ctx.args.name} "
+              f"(run `kubectl apprelease resume {ctx.args.name}` first)", file=sys.stderr)
         return EXIT_FAILED
     stamp = now().isoformat(timespec="seconds").replace("+00:00", "Z")
     ctx.api.patch_app_release(ctx.args.name, {"spec": {"restartedAt": stamp}})
