@@ -27,6 +27,8 @@ EXPECTED = {
     ("ServiceAccount", "apprelease-agent"),
     ("ClusterRole", "apprelease-operator"),
     ("ClusterRole", "apprelease-agent"),
+    ("ClusterRole", "apprelease-view"),
+    ("ClusterRole", "apprelease-edit"),
     ("ClusterRoleBinding", "apprelease-operator"),
     ("ClusterRoleBinding", "apprelease-agent"),
     ("Role", "apprelease-operator-leader-election"),

@@ -161,6 +161,9 @@ AGENT_ALLOWED = [
     *[(v, HR, None, None) for v in ("get", "list", "watch", "patch")],
     *[(v, HR, "status", None) for v in ("get", "patch", "update")],
     ("create", "events", None, None),
+    # the log endpoint reviews its callers (agent/logserver.py)
+    ("create", "tokenreviews.authentication.k8s.io", None, None),
+    ("create", "subjectaccessreviews.authorization.k8s.io", None, None),
 ]
 AGENT_DENIED = [
     ("get", "secrets", None, None),
@@ -175,6 +178,7 @@ AGENT_DENIED = [
     ("update", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("create", "leases.coordination.k8s.io", None, NAMESPACE),
     ("create", "serviceaccounts/token", None, NAMESPACE),
+    ("get", HR, "log", None),  # the agent serves logs; it does not read them through anyone
 ]
 
 

@@ -4,7 +4,8 @@ Covers: every contract holds on the tree as it is; and each contract can fail: a
 package with one forbidden import added (the host importing the Kubernetes client or the
 metrics exporter, the operator importing the data plane, the agent importing the operator,
 the api importing a layer above it, which the operator then reaches through it, a pure
-decision spawning processes, a leaf importing the api) breaks exactly the contracts that
+decision spawning processes, a leaf importing the api, the kubectl plugin importing the data
+plane's executors, the data plane importing the plugin) breaks exactly the contracts that
 forbid it, and lint-imports exits non-zero.
 """
 
@@ -38,12 +39,13 @@ def contract_lines(output: str) -> dict[str, str]:
     """Contract name -> KEPT/BROKEN, from lint-imports' summary (long names wrap onto two lines)."""
     text = " ".join(output.split())
     names = [
-        "cli > agent | controller > host > api",
+        "cli | plugin > agent | controller > host > api",
         "api imports nothing else of apprelease",
         "host (the data plane) imports api only",
         "agent imports host and api, never the operator",
         "controller (the operator) imports api only",
         "metrics and logs are leaves",
+        "plugin (kubectl apprelease) imports api and the pure planners",
         "the pure decisions do no I/O",
     ]
     verdicts = {}
@@ -66,12 +68,17 @@ def test_every_contract_holds(tmp_path: Path):
 BREAKS = [
     pytest.param("host/plan.py", "import kubernetes", ["host (the data plane)", "the pure decisions"], id="host-imports-kubernetes"),
     pytest.param("host/core.py", "from .. import metrics", ["host (the data plane)"], id="host-imports-metrics"),
-    pytest.param("host/builder.py", "from ..agent import kube", ["host (the data plane)", "cli > agent"], id="host-imports-agent"),
+    pytest.param("host/builder.py", "from ..agent import kube", ["host (the data plane)", "cli | plugin > agent"], id="host-imports-agent"),
     pytest.param("controller/reconcile.py", "from ..host import layout", ["controller (the operator)"], id="controller-imports-host"),
-    pytest.param("agent/sync.py", "from ..controller import plan", ["agent imports host", "cli > agent"], id="agent-imports-controller"),
-    pytest.param("api/models.py", "from ..host import layout", ["api imports nothing", "cli > agent", "controller (the operator)"], id="api-imports-host"),
+    pytest.param("agent/sync.py", "from ..controller import plan", ["agent imports host", "cli | plugin > agent"], id="agent-imports-controller"),
+    pytest.param("api/models.py", "from ..host import layout", ["api imports nothing", "cli | plugin > agent", "controller (the operator)"], id="api-imports-host"),
     pytest.param("controller/plan.py", "import subprocess", ["the pure decisions"], id="pure-plan-spawns"),
     pytest.param("metrics.py", "from .api import models", ["metrics and logs"], id="leaf-imports-api"),
+    pytest.param("plugin/views.py", "from ..host import core", ["plugin (kubectl apprelease)", "the pure decisions"],
+                 id="plugin-imports-executors"),
+    # the plugin reaches the operator's planner, so the agent (through host) would too
+    pytest.param("host/plan.py", "from ..plugin import views",
+                 ["host (the data plane)", "cli | plugin > agent", "agent imports host"], id="host-imports-plugin"),
 ]
 
 

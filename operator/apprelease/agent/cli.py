@@ -4,8 +4,9 @@
     apprelease agent status --root DIR
     apprelease agent remove --app NAME [--namespace NS] --root DIR
     apprelease agent stop --root DIR          stop this root's supervisor daemon and nginx
-    apprelease agent run --node NAME --root DIR [--kubeconfig K]
-                                              the in-cluster agent (agent/cluster.py) until SIGTERM
+    apprelease agent run --node NAME --root DIR [--kubeconfig K] [--logs-port P]
+                                              the in-cluster agent (agent/cluster.py) until SIGTERM;
+                                              --logs-port serves the apps' logs (agent/logserver.py)
 
 Wiring only: flags become a `core.Host`, manifests become typed resources, results print.
 """
@@ -35,7 +36,7 @@ from ..host.executor import HostExecutor, LocalExecutor
 from ..host.layout import HostLayout, parse_watcher_name
 from ..host.proxy.nginx import Nginx
 from ..host.supervisors import make_supervisor
-from . import cluster, kube
+from . import cluster, kube, logserver
 
 DEFAULT_ROOT = "/var/lib/apprelease"
 
@@ -207,6 +208,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     # The probes' port serves /metrics too; --metrics-port adds a port of its own (e.g. one
     # that a NetworkPolicy opens to Prometheus only).
+    logs = None
+    if args.logs_port is not None:
+        advertise = args.logs_advertise_address or os.environ.get("HOST_IP") or args.logs_address
+        if advertise in ("0.0.0.0", "::"):
+            print("error: --logs-advertise-address (or HOST_IP) is required when --logs-address is a wildcard",
+                  file=sys.stderr)
+            return 2
+        review_api = kube.HostReleaseAPI(configuration)
+        logs = logserver.LogServer(agent.host.layout, args.node, args.logs_address, args.logs_port, advertise,
+                                   review_api.review, agent.serves_app, agent.host.layout.root / "agent" / "tls")
+        settings.log_endpoint = logs.start()
     checks = {"healthz": agent.health.live, "readyz": agent.health.ready}
     endpoints = [metrics.EndpointServer(address, port, metrics.AGENT, checks).start()
                  for address, port in ((args.health_address, args.health_port), (args.metrics_address, args.metrics_port))
@@ -219,6 +231,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         for endpoint in endpoints:
             endpoint.stop()
+        if logs is not None:
+            logs.stop()
     return 0
 
 
@@ -263,6 +277,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "/metrics is always on --health-port)")
     run.add_argument("--metrics-address", default="0.0.0.0", help="address of the metrics server")
     run.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    run.add_argument("--logs-port", type=int, default=None,
+                     help="serve the apps' logs over HTTPS on this port for `kubectl apprelease logs` "
+                          "(TokenReview + SubjectAccessReview on hostreleases/log; 0: any free port; default off)")
+    run.add_argument("--logs-address", default="0.0.0.0", help="address the log endpoint binds")
+    run.add_argument("--logs-advertise-address",
+                     help="address published in HostRelease status for clients (default $HOST_IP, else --logs-address)")
     add_host_options(run)
     run.set_defaults(func=_cmd_run)
 

@@ -14,6 +14,9 @@ Started by `apprelease agent run` (agent/cli.py). Three threads:
   repairs drift on the host (core's plan restores what is missing without a build), and
   stops everything when `stop` is set (SIGTERM): the current reconcile finishes first.
 
+Every status it writes carries the log endpoint (`status.logs`) when `agent run --logs-port`
+serves one (agent/logserver.py), so `kubectl apprelease logs` finds each host's agent.
+
 The host's apps, supervisor daemon and nginx do not depend on this process or on the
 apiserver: while either is away, apps keep serving. Decisions live in agent/sync.py,
 API calls in agent/kube.py.
@@ -32,7 +35,7 @@ from pydantic import ValidationError
 
 from .. import metrics
 from ..api.manifests import explain
-from ..api.models import HostRelease, HostReleaseStatus
+from ..api.models import HostRelease, HostReleaseStatus, LogEndpoint
 from ..host import core, plan
 from ..host.layout import app_key, parse_watcher_name
 from ..host.progress import no_progress
@@ -55,6 +58,7 @@ class Settings:
     retry_max: float = 60.0  # a failing key is retried at most this far apart (and at each resync)
     phase_interval: float = phases.DEFAULT_INTERVAL  # at most one live-phase write this often per HostRelease
     phase_min_age: float = phases.DEFAULT_MIN_AGE  # a step shorter than this never shows as a phase
+    log_endpoint: LogEndpoint | None = None  # published in every status this agent writes (agent/logserver.py)
 
 
 class Backoff:
@@ -386,7 +390,7 @@ class ClusterAgent:
                       api: kube.HostReleaseAPI | None = None) -> None:
         """Patch the status subresource, if `status` says something new."""
         stored, stored_wire = self._stored_status(key, obj)
-        status = sync.with_ready_condition(status, stored)
+        status = sync.with_ready_condition(status.model_copy(update={"logs": self.settings.log_endpoint}), stored)
         if sync.same_status(stored, status):
             return
         meta = obj["metadata"]
@@ -412,6 +416,12 @@ class ClusterAgent:
                                         node=self.settings.node)
         except Exception as exc:  # noqa: BLE001 - best effort by design, but never silent
             log.warning("%s: could not record Event %s: %s", kube.object_key(obj), reason, kube.describe(exc))
+
+    def serves_app(self, namespace: str, app: str) -> bool:
+        """Whether a live HostRelease of this node names `app` in `namespace` (the log endpoint
+        serves only those: not leftovers of apps that are gone)."""
+        return any(o["metadata"]["namespace"] == namespace and sync.app_of(o) == app
+                   and not o["metadata"].get("deletionTimestamp") for o in self.cache.values())
 
     # -- sweep -------------------------------------------------------------------------
 

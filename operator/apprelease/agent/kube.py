@@ -193,6 +193,21 @@ class HostReleaseAPI:
             raise SecretUnusable(f"Secret {namespace}/{name} has no {' or '.join(missing)}")
         return base64.b64decode(data["tls.crt"]).decode(), base64.b64decode(data["tls.key"]).decode()
 
+    # -- reviews (the log endpoint, agent/logserver.py) --------------------------------
+
+    def review(self, body: Obj) -> Obj:
+        """Create a TokenReview or SubjectAccessReview; the answer as JSON (camelCase)."""
+        api_client = self.core.api_client
+        if body["kind"] == "TokenReview":
+            answer = client.AuthenticationV1Api(api_client).create_token_review(
+                body, _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        elif body["kind"] == "SubjectAccessReview":
+            answer = client.AuthorizationV1Api(api_client).create_subject_access_review(
+                body, _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        else:
+            raise ValueError(f"not a review: {body['kind']}")
+        return api_client.sanitize_for_serialization(answer)
+
     # -- Events ------------------------------------------------------------------------
 
     def create_event(self, obj: Obj, *, event_type: str, reason: str, message: str, node: str) -> None:

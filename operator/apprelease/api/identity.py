@@ -1,7 +1,10 @@
 """Identity of a release: `buildId` names a venv, `revision` names a set of running workers.
 
 buildId  = hash of what goes into the venv (python, requirements, index, wheel digest).
-revision = hash of buildId and the runtime config (entrypoint, server, env, user, health check).
+revision = hash of buildId and the runtime config (entrypoint, server, env, user, health check,
+           and restartedAt when set: `kubectl apprelease restart` asks for new workers of the
+           same build that way; left out when empty, so revisions recorded before it existed
+           keep their hash and no host restarts on an operator upgrade).
 Same inputs give the same ids on every host, which is what makes reverting a manifest a
 rollback without a rebuild. Proxy settings are in neither: they only re-render nginx.
 """
@@ -64,4 +67,6 @@ def revision(spec: ReleaseTemplate) -> str:
         "user": spec.user,
         "healthCheck": spec.health_check.wire(),
     }
+    if spec.restarted_at:
+        runtime["restartedAt"] = spec.restarted_at
     return "r" + _digest(runtime, 11)

@@ -260,6 +260,11 @@ class ReleaseTemplate(Model):
     revision_history_limit: int = Field(
         default=5, ge=1, le=50, description="Releases kept on disk for rollback besides the serving one."
     )
+    restarted_at: checked(
+        rules.RESTARTED_AT,
+        "Set by `kubectl apprelease restart` (an RFC 3339 time): a new value starts new workers of the same "
+        "build, as kubectl.kubernetes.io/restartedAt does for a Deployment.",
+    ) | None = None
 
     @field_validator("env")
     @classmethod
@@ -300,11 +305,22 @@ class Condition(Model):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
+# The release template of a revision as the user wrote it (the ReleaseTemplate fields of the
+# AppRelease spec, camelCase): what `kubectl apprelease undo` applies again. Kept schemaless in
+# the CRD: it was valid when it was recorded, and it is validated again when it is re-applied.
+TemplateWire = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                    "description": "The release template of this revision, as the AppRelease spec had it."}),
+]
+
+
 class RetainedRelease(Model):
     version: str
     revision: str
     build_id: str
     first_deployed: datetime | None = None
+    template: TemplateWire | None = None
 
 
 class HostState(Model):
@@ -359,6 +375,17 @@ class RevisionEvent(Model):
     at: datetime
 
 
+class LogEndpoint(Model):
+    """Where this host's agent serves the app's logs (`kubectl apprelease logs`).
+
+    Written by the node's agent only (the own-node admission policy holds that), so a reader
+    that trusts the HostRelease may pin the agent's self-signed certificate by its digest.
+    """
+
+    url: str = Field(description="https://ADDRESS:PORT of the agent's log endpoint.")
+    cert_sha256: str = Field(description="sha256 of the agent's TLS certificate (DER), hex: pinned by clients.")
+
+
 class HostReleaseStatus(Model):
     observed_generation: int | None = None
     phase: HostPhase | None = None
@@ -374,6 +401,10 @@ class HostReleaseStatus(Model):
     log_tail: str | None = Field(default=None, description="Tail of the app's log after a failure.")
     last_build: BuildRecord | None = None
     history: list[RevisionEvent] = Field(default_factory=list, description="Revisions this host switched to.")
+    retained_build_ids: list[str] = Field(
+        default_factory=list, description="buildIds whose venv is on this host's disk: a rollback to them builds nothing."
+    )
+    logs: LogEndpoint | None = Field(default=None, description="The agent's log endpoint for this app.")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

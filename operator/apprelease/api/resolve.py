@@ -10,6 +10,15 @@ from . import identity
 from .models import APP_LABEL, NODE_LABEL, AppRelease, AppReleaseSpec, HostRelease, HostReleaseSpec, ObjectMeta, ReleaseTemplate
 
 _TEMPLATE_FIELDS = tuple(ReleaseTemplate.model_fields)
+_TEMPLATE_WIRE_FIELDS = frozenset(f.alias or name for name, f in ReleaseTemplate.model_fields.items())
+
+
+def release_template(spec: AppReleaseSpec) -> dict:
+    """The release part of an AppRelease spec (no hosts, strategy or paused), camelCase, as
+    the user wrote it (an empty user stays empty): what identifies a revision, and what
+    `kubectl apprelease undo` applies again."""
+    wire = spec.wire()
+    return {k: v for k, v in wire.items() if k in _TEMPLATE_WIRE_FIELDS}
 
 
 def host_release_name(app: str, node: str) -> str:

@@ -148,6 +148,11 @@ GUNICORN_ARG = StringRule(
     "a gunicorn long option such as --max-requests=1000 (one argument, '--name' or '--name=value')",
     200,
 )
+RESTARTED_AT = StringRule(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$",
+    "an RFC 3339 time such as 2026-12-01T10:00:00Z",
+    40,
+)
 PERCENT_OR_COUNT_CEL = {
     "rule": "type(self) == int ? self >= 1 : self.matches(r'^(100|[1-9][0-9]?)%$')",
     "message": "maxUnavailable must be an integer >= 1 or a percentage from 1% to 100%",

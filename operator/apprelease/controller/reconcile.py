@@ -106,6 +106,7 @@ def reconcile_app_release(
         progress_deadline_seconds=spec.strategy.progress_deadline_seconds,
         revision_history_limit=spec.revision_history_limit,
         conflict=conflict,
+        template=resolve.release_template(spec),
     )
     new = status.compute_status(rollout, previous, now)
     events = status.rollout_events(previous, new, rollout, step, before, spec.strategy.max_unavailable)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from ..api.models import (
     CONFLICT_REASON,
@@ -61,6 +62,9 @@ class Rollout:
     progress_deadline_seconds: int = 600
     revision_history_limit: int = 5
     conflict: str | None = None  # the operator held this rollout: an older AppRelease claims the same (controller/conflicts.py)
+    # The AppRelease's release template (camelCase) of this revision: kept in `history` so that
+    # `kubectl apprelease undo` can apply it again, as a DaemonSet keeps ControllerRevisions.
+    template: Mapping[str, Any] | None = None
 
     def selected(self) -> dict[str, HostView]:
         """Live (not deleting) HostReleases of selected nodes, by node."""
@@ -295,15 +299,23 @@ def _failure(host: HostView) -> str:
 
 
 def _history(previous: Sequence[RetainedRelease], rollout: Rollout, now: datetime) -> list[RetainedRelease]:
-    """History with the completed release last; a re-deployed revision keeps its firstDeployed."""
+    """History with the completed release last; a re-deployed revision keeps its firstDeployed.
+
+    Each entry carries its release template (for undo); an entry recorded before templates
+    were kept gets the template when its revision completes again."""
     history = list(previous)
+    template = dict(rollout.template) if rollout.template is not None else None
     if history and history[-1].revision == rollout.revision:
+        last = history[-1]
+        if last.template is None and template is not None:
+            history[-1] = last.model_copy(update={"template": template})
         return history
     earlier = next((r for r in history if r.revision == rollout.revision), None)
     history = [r for r in history if r.revision != rollout.revision]
     history.append(RetainedRelease(
         version=rollout.version, revision=rollout.revision, build_id=rollout.build_id,
         first_deployed=earlier.first_deployed if earlier is not None else now,
+        template=template if template is not None else (earlier.template if earlier is not None else None),
     ))
     return history[-(rollout.revision_history_limit + 1):]
 

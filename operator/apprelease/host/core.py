@@ -432,6 +432,8 @@ def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, er
         log_tail=error.log_tail if error and error.log_tail else None,
         last_build=last_build,
         history=app_state.history,
+        # What a rollback can reuse without a build (`kubectl apprelease history` shows it).
+        retained_build_ids=sorted(r.build_id for r in builder.list_releases(paths)),
         updated_at=state.now(),
     )
 
