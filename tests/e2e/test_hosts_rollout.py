@@ -14,7 +14,6 @@ deleting the AppRelease cleans both hosts. Times from apply to serving are print
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -27,8 +26,7 @@ from support.cluster import wait_for
 from support.hosts import SERVER_NAME, app_release
 from support.load import LoadProcess, assert_no_failed_requests, finish
 from support.nginx import free_port
-from support.operator import OperatorProcess
-from support.twohosts import HostsView
+from support.twohosts import HostsView, two_hosts
 
 pytestmark = pytest.mark.e2e
 
@@ -83,33 +81,10 @@ class Story(HostsView):
 
 @pytest.fixture(scope="module")
 def story(cluster, package_index, tmp_path_factory):
-    cp = cluster
-    namespace = f"story-{SUFFIX}"
-    cp.kubectl("create", "namespace", namespace)
-    for node in ADDRESSES:
-        cp.kubectl("apply", "-f", "-", input=json.dumps(
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": SELECTOR}}))
     logs = tmp_path_factory.mktemp("story-logs")
-    roots = Path(f"/tmp/ar-story-{SUFFIX}")
-    roots.mkdir(mode=0o755)
-    agents = {node: AgentProcess(node=node, root=roots / node[:6], kubeconfig=cp.kubeconfig_path,
-                                 log_path=logs / f"{node}.log", listen_address=address, resync_seconds=2)
-              for node, address in ADDRESSES.items()}
-    operator = OperatorProcess(cp, logs / "operator.log", namespaces=[namespace])
-    try:
-        for agent in agents.values():
-            agent.start()
-        operator.start()
-        yield Story(cp, package_index, namespace, free_port(), agents, operator)
-    finally:
-        if operator.running:
-            operator.stop()
-        for agent in agents.values():
-            agent.close()
-        for node in ADDRESSES:
-            cp.kubectl("delete", "node", node, "--ignore-not-found", check=False)
-        cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        shutil.rmtree(roots, ignore_errors=True)
+    with two_hosts(cluster, namespace=f"story-{SUFFIX}", addresses=ADDRESSES, selector=SELECTOR, logs=logs,
+                   roots=Path(f"/tmp/ar-story-{SUFFIX}")) as world:
+        yield Story(cluster, package_index, world.namespace, free_port(), world.agents, world.operator)
 
 
 def test_v1_serves_on_both_hosts(story):

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -37,14 +36,12 @@ import pytest
 import yaml
 
 from apprelease.plugin import logclient
-from support.agents import AgentProcess
 from support.cluster import wait_for
 from support.hosts import SERVER_NAME, app_release
 from support.identities import service_account_token, write_kubeconfig
 from support.install import MANIFESTS
 from support.nginx import free_port, http_get
-from support.operator import OperatorProcess
-from support.twohosts import HostsView
+from support.twohosts import HostsView, two_hosts
 
 pytestmark = pytest.mark.e2e
 
@@ -107,34 +104,10 @@ class Story(HostsView):
 
 @pytest.fixture(scope="module")
 def story(cluster, package_index, tmp_path_factory):
-    cp = cluster
-    namespace = f"plugin-{SUFFIX}"
-    cp.kubectl("create", "namespace", namespace)
-    for node in ADDRESSES:
-        cp.kubectl("apply", "-f", "-", input=json.dumps(
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": SELECTOR}}))
     logs = tmp_path_factory.mktemp("plugin-logs")
-    roots = Path(f"/tmp/ar-plug-{SUFFIX}")
-    roots.mkdir(mode=0o755)
-    agents = {node: AgentProcess(node=node, root=roots / node[:6], kubeconfig=cp.kubeconfig_path,
-                                 log_path=logs / f"{node}.log", listen_address=address, resync_seconds=2,
-                                 extra_args=["--logs-port", "0", "--logs-address", "127.0.0.1"])
-              for node, address in ADDRESSES.items()}
-    operator = OperatorProcess(cp, logs / "operator.log", namespaces=[namespace])
-    try:
-        for agent in agents.values():
-            agent.start()
-        operator.start()
-        yield Story(cp, package_index, namespace, free_port(), agents, operator, logs)
-    finally:
-        if operator.running:
-            operator.stop()
-        for agent in agents.values():
-            agent.close()
-        for node in ADDRESSES:
-            cp.kubectl("delete", "node", node, "--ignore-not-found", check=False)
-        cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        shutil.rmtree(roots, ignore_errors=True)
+    with two_hosts(cluster, namespace=f"plugin-{SUFFIX}", addresses=ADDRESSES, selector=SELECTOR, logs=logs,
+                   roots=Path(f"/tmp/ar-plug-{SUFFIX}"), agent_args=["--logs-port", "0", "--logs-address", "127.0.0.1"]) as world:
+        yield Story(cluster, package_index, world.namespace, free_port(), world.agents, world.operator, logs)
 
 
 def test_status_w_exits_0_when_the_rollout_completes(story):

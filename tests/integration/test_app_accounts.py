@@ -22,7 +22,7 @@ from apprelease.api.identity import default_user
 from apprelease.host import core
 from apprelease.host.layout import app_key
 from apprelease.host.users import build_user_name
-from support.hosts import SERVER_NAME, make_host, release_for, stop_host
+from support.hosts import SERVER_NAME, release_for, running_host
 from support.nginx import free_port, http_get
 
 pytestmark = pytest.mark.integration
@@ -41,12 +41,10 @@ def preexisting_account():
 
 @pytest.fixture
 def host(short_tmp: Path):
-    host = make_host(short_tmp / "host-a")
-    host.start()
-    yield host
-    for namespace in ("team-a", "team-b", "team-c", "team-d"):
-        core.remove(host, namespace, "webxample")
-    stop_host(host)
+    with running_host(short_tmp / "host-a") as host:
+        yield host
+        for namespace in ("team-a", "team-b", "team-c", "team-d"):
+            core.remove(host, namespace, "webxample")
 
 
 def reconcile(host, index, namespace: str, port: int, user: str | None = None):

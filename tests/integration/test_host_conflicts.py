@@ -19,7 +19,7 @@ import pytest
 
 from apprelease.host import core
 from apprelease.host.layout import app_key
-from support.hosts import SERVER_NAME, make_host, release_for, stop_host
+from support.hosts import SERVER_NAME, release_for, running_host
 from support.load import LoadProcess
 from support.nginx import free_port, http_get, self_signed_cert
 
@@ -31,10 +31,8 @@ SECOND = app_key("team-b", "second")
 
 @pytest.fixture
 def host(short_tmp: Path):
-    host = make_host(short_tmp / "host-a", "circus")
-    host.start()
-    yield host
-    stop_host(host)
+    with running_host(short_tmp / "host-a") as host:
+        yield host
 
 
 def first(index, version: str, port: int, **options):

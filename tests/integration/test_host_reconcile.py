@@ -28,7 +28,7 @@ import yaml
 
 from apprelease.host import core, plan
 from apprelease.host.layout import app_key, watcher_name
-from support.hosts import SERVER_NAME, make_host, release_for, stop_host
+from support.hosts import SERVER_NAME, make_host, release_for, running_host, stop_host
 from support.load import LoadProcess
 from support.nginx import free_port, http_get
 
@@ -44,10 +44,8 @@ def backend(request) -> str:
 
 @pytest.fixture
 def host(short_tmp: Path, backend: str):
-    host = make_host(short_tmp / "host-a", backend)
-    host.start()
-    yield host
-    stop_host(host)
+    with running_host(short_tmp / "host-a", backend) as host:
+        yield host
 
 
 @pytest.fixture

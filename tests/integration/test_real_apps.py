@@ -27,7 +27,7 @@ import pytest
 
 from apprelease.host import core, plan
 from apprelease.host.layout import app_key, watcher_name
-from support.hosts import SERVER_NAME, make_host, release_for, stop_host
+from support.hosts import SERVER_NAME, release_for, running_host
 from support.load import LoadProcess
 from support.nginx import free_port, http_get
 from support.pypi import GUNICORN_EXTRA, GUNICORN_MATRIX
@@ -40,10 +40,8 @@ ROTATIONS = 3
 
 @pytest.fixture
 def host(short_tmp: Path):
-    host = make_host(short_tmp / "host-a", "circus")
-    host.start()
-    yield host
-    stop_host(host)
+    with running_host(short_tmp / "host-a") as host:
+        yield host
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ process behind.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from apprelease.host import core
@@ -38,6 +40,17 @@ def make_host(root: Path, backend: str = "circus", *, uv: str | None = "auto") -
         nginx=Nginx(layout, executor, listen_address="127.0.0.1"),
         uv=uv_binary() if uv == "auto" else uv,
     )
+
+
+@contextlib.contextmanager
+def running_host(root: Path, backend: str = "circus") -> Iterator[core.Host]:
+    """A started test host under `root`, stopped (no process left) when the block ends."""
+    host = make_host(root, backend)
+    host.start()
+    try:
+        yield host
+    finally:
+        stop_host(host)
 
 
 def stop_host(host: core.Host) -> None:

@@ -1,17 +1,64 @@
-"""What the two-host e2e stories read (tests/e2e/test_hosts_rollout.py, test_gitops.py).
+"""What the two-host e2e stories stand on and read (tests/e2e/test_hosts_rollout.py,
+test_gitops.py, test_kubectl_plugin.py).
 
-One AppRelease in one namespace, its HostReleases, and what each host's nginx serves; the
-stories add how they change the AppRelease (kubectl apply, or git commits through Argo CD).
+`two_hosts` makes the world: a namespace, two Nodes, an agent per Node (each with its own
+root, circusd and nginx on its own loopback address) and the operator, and takes it all down
+again. `HostsView` reads one AppRelease in it, its HostReleases, and what each host's nginx
+serves; the stories add how they change the AppRelease (kubectl apply, git commits through
+Argo CD, the kubectl plugin).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from controlplane import ControlPlane
+from support.agents import AgentProcess
 from support.hosts import SERVER_NAME
 from support.nginx import http_get
+from support.operator import OperatorProcess
+
+
+@dataclass
+class TwoHosts:
+    namespace: str
+    agents: dict[str, AgentProcess]
+    operator: OperatorProcess
+
+
+@contextlib.contextmanager
+def two_hosts(cp: ControlPlane, *, namespace: str, addresses: dict[str, str], selector: dict[str, str],
+              logs: Path, roots: Path, agent_args: Sequence[str] = ()) -> Iterator[TwoHosts]:
+    cp.kubectl("create", "namespace", namespace)
+    for node in addresses:
+        cp.kubectl("apply", "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": selector}}))
+    roots.mkdir(mode=0o755)
+    agents = {node: AgentProcess(node=node, root=roots / node[:6], kubeconfig=cp.kubeconfig_path,
+                                 log_path=logs / f"{node}.log", listen_address=address, resync_seconds=2,
+                                 extra_args=list(agent_args))
+              for node, address in addresses.items()}
+    operator = OperatorProcess(cp, logs / "operator.log", namespaces=[namespace])
+    try:
+        for agent in agents.values():
+            agent.start()
+        operator.start()
+        yield TwoHosts(namespace, agents, operator)
+    finally:
+        if operator.running:
+            operator.stop()
+        for agent in agents.values():
+            agent.close()
+        for node in addresses:
+            cp.kubectl("delete", "node", node, "--ignore-not-found", check=False)
+        cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        shutil.rmtree(roots, ignore_errors=True)
 
 
 class HostsView:
