@@ -22,7 +22,6 @@ revert->serving times are printed.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -42,7 +41,7 @@ from support.load import LoadProcess, assert_no_failed_requests, finish
 from support.manifests import ROOT
 from support.nginx import free_port
 from support.operator import OperatorProcess
-from support.twohosts import HostsView
+from support.twohosts import HostsView, two_hosts
 from support.pypi import WebxampleIndex
 
 pytestmark = pytest.mark.e2e
@@ -185,37 +184,17 @@ def show_argo(gitops: GitOps, step: str) -> None:
 
 @pytest.fixture(scope="module")
 def gitops(cluster, argocd, package_index, tmp_path_factory):
-    cp = cluster
     repo = tmp_path_factory.mktemp("gitops-repo")
-    for node in ADDRESSES:
-        cp.kubectl("apply", "-f", "-", input=json.dumps(
-            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": SELECTOR}}))
-    logs = tmp_path_factory.mktemp("gitops-logs")
-    roots = Path(f"/tmp/ar-gitops-{SUFFIX}")  # short: unix socket paths live under it
-    roots.mkdir(mode=0o755)
-    agents = {node: AgentProcess(node=node, root=roots / node[-8:], kubeconfig=cp.kubeconfig_path,
-                                 log_path=logs / f"{node}.log", listen_address=address, resync_seconds=2)
-              for node, address in ADDRESSES.items()}
     # The namespace does not exist yet (Argo CD creates it): Kopf watches it all the same.
-    operator = OperatorProcess(cp, logs / "operator.log", namespaces=[NAMESPACE])
-    story = GitOps(cp, package_index, repo, free_port(), agents, operator)
-    try:
+    with two_hosts(cluster, namespace=NAMESPACE, addresses=ADDRESSES, selector=SELECTOR,
+                   logs=tmp_path_factory.mktemp("gitops-logs"), roots=Path(f"/tmp/ar-gitops-{SUFFIX}"),
+                   create_namespace=False, before_teardown=lambda: cluster.kubectl(
+                       "delete", "application", APPLICATION, "-n", ARGOCD_NAMESPACE, "--ignore-not-found",
+                       check=False)) as world:
+        story = GitOps(cluster, package_index, repo, free_port(), world.agents, world.operator)
         story.git("init", "-q", "-b", "main")
         (repo / MANIFEST.parent).mkdir()
-        for agent in agents.values():
-            agent.start()
-        operator.start()
         yield story
-    finally:
-        cp.kubectl("delete", "application", APPLICATION, "-n", ARGOCD_NAMESPACE, "--ignore-not-found", check=False)
-        if operator.running:
-            operator.stop()
-        for agent in agents.values():
-            agent.close()
-        for node in ADDRESSES:
-            cp.kubectl("delete", "node", node, "--ignore-not-found", check=False)
-        cp.kubectl("delete", "namespace", NAMESPACE, "--wait=false", "--ignore-not-found", check=False)
-        shutil.rmtree(roots, ignore_errors=True)
 
 
 def test_commit_v1_is_synced_and_served_progressing_then_healthy(gitops):

@@ -45,7 +45,7 @@ class World:
 
     def __init__(self, cp, directory: Path) -> None:
         self.cp = cp
-        self.tag = uuid.uuid4().hex[:6]
+        self.tag = "t" + uuid.uuid4().hex[:6]  # a letter first: "1e5432" would be a number in YAML
         self.ns = f"rbac-{self.tag}"
         self.nodes = [f"rbac-{self.tag}-a", f"rbac-{self.tag}-b"]
         self.directory = directory

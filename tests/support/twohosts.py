@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +34,17 @@ class TwoHosts:
 
 @contextlib.contextmanager
 def two_hosts(cp: ControlPlane, *, namespace: str, addresses: dict[str, str], selector: dict[str, str],
-              logs: Path, roots: Path, agent_args: Sequence[str] = ()) -> Iterator[TwoHosts]:
-    cp.kubectl("create", "namespace", namespace)
+              logs: Path, roots: Path, agent_args: Sequence[str] = (), create_namespace: bool = True,
+              before_teardown: Callable[[], object] = lambda: None) -> Iterator[TwoHosts]:
+    """`roots` short: unix socket paths live under it; each agent's root is named by its
+    node name's last 8 characters."""
+    if create_namespace:
+        cp.kubectl("create", "namespace", namespace)
     for node in addresses:
         cp.kubectl("apply", "-f", "-", input=json.dumps(
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": selector}}))
     roots.mkdir(mode=0o755)
-    agents = {node: AgentProcess(node=node, root=roots / node[:6], kubeconfig=cp.kubeconfig_path,
+    agents = {node: AgentProcess(node=node, root=roots / node[-8:], kubeconfig=cp.kubeconfig_path,
                                  log_path=logs / f"{node}.log", listen_address=address, resync_seconds=2,
                                  extra_args=list(agent_args))
               for node, address in addresses.items()}
@@ -51,13 +55,14 @@ def two_hosts(cp: ControlPlane, *, namespace: str, addresses: dict[str, str], se
         operator.start()
         yield TwoHosts(namespace, agents, operator)
     finally:
+        before_teardown()
         if operator.running:
             operator.stop()
         for agent in agents.values():
             agent.close()
         for node in addresses:
             cp.kubectl("delete", "node", node, "--ignore-not-found", check=False)
-        cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        cp.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
         shutil.rmtree(roots, ignore_errors=True)
 
 
