@@ -6,7 +6,8 @@ user and why, with nothing started: the proxy's user (www-data), nobody, an exis
 account apprelease did not create, and a user apprelease created for another namespace; an
 account an older apprelease made for this app (no owner record, the app ran as it) is adopted
 and recorded, while another app may not take it; an account the host's admin allowed for a
-namespace is used there; removing an app from the host deletes its app and build accounts.
+namespace is used there; removing an app from the host deletes its app and build accounts;
+agents creating the same user at once end with one uid.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from apprelease.api.identity import default_user
-from apprelease.host import core
+from apprelease.host import core, users
 from apprelease.host.layout import app_key
 from apprelease.host.users import build_user_name
 from support.hosts import SERVER_NAME, release_for, running_host
@@ -137,3 +139,29 @@ def test_an_account_an_older_apprelease_made_for_this_app_is_adopted(host, packa
     finally:
         core.remove(host, "team-d", "webxample")
         subprocess.run(["userdel", legacy], capture_output=True)
+
+
+def test_concurrent_agents_asking_for_one_new_user_get_one_uid():
+    """Two agents on one machine (as in the tests) creating the same user at once: useradd's own
+    check let both through and one was left with a uid the other replaced (its socket dir then
+    belonged to a dead uid). Account creation is serialized and re-checked."""
+    name = "ar-race-test"
+    subprocess.run(["userdel", name], capture_output=True)
+    results: dict[int, object] = {}
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = users.ensure_user(name, namespace="race", app="web")
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            results[i] = exc
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        entry = pwd.getpwnam(name)
+        assert set(results.values()) == {(entry.pw_uid, entry.pw_gid)}, results
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)

@@ -134,17 +134,31 @@ def ensure_user(name: str, executor: LocalExecutor | None = None, *, namespace: 
     if legacy:
         executor.run(["usermod", "--comment", owner_comment("app", namespace, app), name], timeout=60)
     if entry is None:
-        proc = executor.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
-             "--comment", owner_comment("app", namespace, app), name],
-            check=False, timeout=60,
-        )  # fmt: skip
-        entry = _passwd(name, executor)
-        if entry is None:  # useradd failed and nobody else created it meanwhile
-            raise RuntimeError(f"useradd {name} exited with {proc.returncode}: {proc.stdout.strip()}")
+        entry = _create_account(name, owner_comment("app", namespace, app), executor)
+        why = refusal(name, entry[4], namespace=namespace, app=app, reserved=reserved)
+        if why:  # someone else made it for another app between our look and our lock
+            raise UnsafeUser(why)
     ids = (int(entry[2]), int(entry[3]))
     _refuse_root(name, ids)
     return ids
+
+
+# Held around "create unless it exists": two useradd runs for one name at once (two agents on
+# one machine, as in the tests) both passed useradd's own existence check and left the first
+# caller with a uid the second had replaced (seen here: its socket dir owned by a dead uid).
+ACCOUNTS_LOCK = "/run/lock/apprelease-accounts.lock"
+_CREATE_UNLESS_EXISTS = 'getent passwd "$1" >/dev/null || exec useradd --system --no-create-home ' \
+                        '--shell /usr/sbin/nologin --user-group --comment "$2" "$1"'
+
+
+def _create_account(name: str, comment: str, executor: LocalExecutor) -> list[str]:
+    """The passwd entry of `name`, created as a system user recording `comment` unless it exists."""
+    proc = executor.run(["flock", ACCOUNTS_LOCK, "sh", "-c", _CREATE_UNLESS_EXISTS, "create-account", name, comment],
+                        check=False, timeout=60)
+    entry = _passwd(name, executor)
+    if entry is None:
+        raise RuntimeError(f"useradd {name} exited with {proc.returncode}: {proc.stdout.strip()}")
+    return entry
 
 
 def _owned_by(path: Path, uid: int) -> bool:
@@ -178,14 +192,7 @@ def ensure_build_user(namespace: str, app: str, executor: LocalExecutor | None =
     name, comment = build_user_name(namespace, app), owner_comment("build", namespace, app)
     entry = _passwd(name, executor)
     if entry is None:
-        proc = executor.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group",
-             "--comment", comment, name],
-            check=False, timeout=60,
-        )  # fmt: skip
-        entry = _passwd(name, executor)
-        if entry is None:
-            raise RuntimeError(f"useradd {name} exited with {proc.returncode}: {proc.stdout.strip()}")
+        entry = _create_account(name, comment, executor)
     if entry[4] != comment:
         raise UnsafeUser(f"build user {name!r} exists but is not {namespace}/{app}'s ({entry[4]!r}): refusing to build as it")
     uid, gid = int(entry[2]), int(entry[3])
