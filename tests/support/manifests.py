@@ -65,6 +65,21 @@ BAD = [
     ("duplicate-static", "spec.proxy.static", [{"urlPath": "/s/", "directory": "a"}, {"urlPath": "/s/", "directory": "b"}],
      "spec.proxy.static", "duplicate"),
     ("missing-version", "spec.version", DELETE, "spec.version", "required"),
+    ("release-command-shell", "spec.release", {"command": ["sh", "-c", "migrate;rm"]}, "spec.release.command[2]",
+     "never run through a shell"),
+    ("release-command-path", "spec.release", {"command": ["/bin/sh"]}, "spec.release.command", "venv bin/"),
+    ("release-command-empty", "spec.release", {"command": []}, "spec.release.command", "at least 1"),
+    ("release-run-on-unknown", "spec.release", {"command": ["python"], "runOn": "allHosts"}, "spec.release.runOn",
+     "everyHost"),
+    ("process-command-space", "spec.processes", {"worker": {"command": ["celery", "worker --beat"]}},
+     "spec.processes[worker].command[1]", "no whitespace"),
+    ("process-name-underscore", "spec.processes", {"my_worker": {"command": ["python"]}}, "spec.processes",
+     "process type name"),
+    # The apiserver names map entries spec.processes.worker in schema errors, spec.processes[worker] in CEL ones.
+    ("process-stop-signal-kill", "spec.processes", {"worker": {"command": ["python"], "stopSignal": "KILL"}},
+     "stopSignal", "TERM"),
+    ("process-replicas-zero", "spec.processes", {"worker": {"command": ["python"], "replicas": 0}},
+     "replicas", "greater than or equal to 1"),
 ]
 
 

@@ -169,3 +169,54 @@ def test_a_rotation_announces_every_in_progress_phase():
     kinds = plan_release(V2, SERVING_V1).kinds()
     phases = list(dict.fromkeys(PHASE_OF_STEP[k] for k in kinds if k in PHASE_OF_STEP))
     assert phases == ["Building", "Starting", "HealthChecking", "Switching", "Draining"]
+
+
+# -- release commands and process types ----------------------------------------------------
+
+MIGRATING = Desired(build_id="b2", revision="r2", user="web", site="site-v2", release_command=True,
+                    processes=frozenset({"worker-0", "worker-1"}))
+
+
+def test_release_command_runs_before_the_new_workers_and_processes_start_before_the_switch():
+    kinds = plan_release(MIGRATING, SERVING_V1).kinds()
+    assert kinds == ["ensure-user", "ensure-release", "run-release-command", "start-watcher", "health-check",
+                     "start-processes", "switch-live", "settle", "stop-watcher", "swap-current"]
+
+
+def test_release_command_is_not_run_again_for_a_revision_that_ran_it_or_served_here():
+    observed = Observed(releases=frozenset({"b1", "b2"}), current_build="b1", live_revision="r1",
+                        running=frozenset({"r1"}), site="site-v2", released=frozenset({"r2"}))
+    assert "run-release-command" not in plan_release(MIGRATING, observed).kinds()
+
+
+def test_release_command_only_on_hosts_asked_to_run_it():
+    other_host = Desired(**{**MIGRATING.__dict__, "release_command": False})
+    assert "run-release-command" not in plan_release(other_host, SERVING_V1).kinds()
+
+
+def test_old_revision_process_types_stop_with_it_even_without_a_web_watcher():
+    # A crash left r1's worker running although its web watcher is gone.
+    observed = Observed(releases=frozenset({"b2"}), current_build="b2", live_revision="r2",
+                        running=frozenset({"r2"}), site="site-v2", released=frozenset({"r2"}),
+                        processes=frozenset({("r2", "worker-0"), ("r2", "worker-1"), ("r1", "worker-0")}),
+                        process_revisions=frozenset({"r1", "r2"}))
+    assert plan_release(MIGRATING, observed).kinds() == ["stop-watcher"]
+    assert str(plan_release(MIGRATING, observed).actions[0]) == "stop-watcher(r1)"
+
+
+def test_a_process_type_given_up_on_is_started_again_on_the_live_revision():
+    observed = Observed(releases=frozenset({"b2"}), current_build="b2", live_revision="r2",
+                        running=frozenset({"r2"}), site="site-v2", released=frozenset({"r2"}),
+                        processes=frozenset({("r2", "worker-0")}), process_revisions=frozenset({"r2"}))
+    assert plan_release(MIGRATING, observed).kinds() == ["start-processes"]
+
+
+def test_removal_stops_process_types_too():
+    observed = Observed(live_revision="r2", running=frozenset(), process_revisions=frozenset({"r2"}))
+    assert [str(a) for a in plan_removal(observed).actions] == ["stop-watcher(r2)", "remove-app-dir"]
+
+
+def test_failed_revision_stops_its_process_types():
+    observed = Observed(live_revision="r1", running=frozenset({"r1"}), process_revisions=frozenset({"r2"}),
+                        failed_revision="r2")
+    assert [str(a) for a in plan_release(MIGRATING, observed).actions] == ["stop-watcher(r2)", "report-failed(r2)"]

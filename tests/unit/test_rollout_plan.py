@@ -169,3 +169,54 @@ def test_live_phases_are_unsettled_and_the_old_revision_still_serves(phase):
     assert (view.settled, view.failed, view.ready(spec("r2")), view.serving()) == (False, False, False, True)
     hosts = [view, host("b", "r1"), host("c", "r1")]
     assert next_step(desired("r2", *ABC), hosts, 1, False).updates == ()  # maxUnavailable 1: b waits for a
+
+
+def migrating(rev: str, *nodes: str, run_on: str = "firstHost") -> dict[str, dict]:
+    """Desired specs with a release command: on the first node only, or on every node."""
+    first = sorted(nodes)[0]
+    return {n: {**spec(rev), "release": {"command": ["python"], "runOn": run_on},
+                **({"runReleaseCommand": True} if run_on == "everyHost" or n == first else {})} for n in nodes}
+
+
+def gated_host(node: str, rev: str, want: dict, phase: str | None = "Ready", observed: bool = True) -> HostView:
+    """A HostRelease of `node` holding spec `want[node]` when `rev` is the desired one."""
+    return HostView(name=f"app-{node}", node=node, spec=want[node] if rev == want[node]["revision"] else spec(rev),
+                    generation=3, observed_generation=3 if observed else 2, phase=phase, serving_revision=rev)
+
+
+def test_first_host_release_command_gates_creates_until_it_is_ready():
+    want = migrating("r1", *ABC)
+    assert next_step(want, [], 3, False) == Step(creates=("a",))
+    building = [gated_host("a", "r1", want, phase="Building")]
+    assert next_step(want, building, 3, False) == Step()
+    ready = [gated_host("a", "r1", want)]
+    assert next_step(want, ready, 3, False) == Step(creates=("b", "c"))
+
+
+def test_first_host_release_command_moves_that_host_alone_whatever_the_budget():
+    want = migrating("r2", *ABCD)
+    old = [host(n, "r1") for n in ABCD]
+    assert next_step(want, old, "100%", False) == Step(updates=("a",))
+    a_moving = [gated_host("a", "r2", want, phase="Starting"), *old[1:]]
+    assert next_step(want, a_moving, "100%", False) == Step()
+    a_ready = [gated_host("a", "r2", want), *old[1:]]
+    assert next_step(want, a_ready, "100%", False) == Step(updates=("b", "c", "d"))
+
+
+def test_a_failed_release_command_halts_like_any_failure():
+    want = migrating("r2", *ABC)
+    failed = [gated_host("a", "r2", want, phase="Failed"), host("b", "r1"), host("c", "r1")]
+    assert next_step(want, failed, 2, False) == Step(halted_by=("a",))
+
+
+def test_first_host_waits_for_budget_taken_by_others():
+    want = migrating("r3", *ABC)
+    # b is still moving to an older spec: a settled first host waits rather than exceed the budget,
+    # and b is not moved on to new code before the release command ran.
+    hosts = [host("a", "r2"), host("b", "r2", phase="Starting"), host("c", "r2")]
+    assert next_step(want, hosts, 1, False) == Step()
+
+
+def test_every_host_release_commands_roll_as_usual():
+    want = migrating("r2", *ABC, run_on="everyHost")
+    assert next_step(want, [host(n, "r1") for n in ABC], 2, False) == Step(updates=("a", "b"))

@@ -37,7 +37,7 @@ from .. import metrics
 from ..api.manifests import explain
 from ..api.models import HostRelease, HostReleaseStatus, LogEndpoint
 from ..host import core, plan
-from ..host.layout import app_key, parse_watcher_name
+from ..host.layout import app_key, app_of_watcher
 from ..host.progress import no_progress
 from . import kube, phases, sync
 from .kube import FINALIZER, Obj
@@ -431,10 +431,7 @@ class ClusterAgent:
         keys = {p.name for p in layout.apps.iterdir() if p.is_dir() and "_" in p.name} if layout.apps.exists() else set()
         if layout.nginx_sites.exists():
             keys |= {p.stem for p in layout.nginx_sites.glob("*.conf") if "_" in p.stem}
-        for name in self.host.supervisor.watchers():
-            parsed = parse_watcher_name(name)
-            if parsed:
-                keys.add(parsed[0])
+        keys |= {key for key in map(app_of_watcher, self.host.supervisor.watchers()) if key}
         return keys
 
     def sweep(self) -> None:

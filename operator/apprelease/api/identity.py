@@ -1,10 +1,11 @@
 """Identity of a release: `buildId` names a venv, `revision` names a set of running workers.
 
 buildId  = hash of what goes into the venv (python, requirements, index, wheel digest).
-revision = hash of buildId and the runtime config (entrypoint, server, env, user, health check,
-           and restartedAt when set: `kubectl apprelease restart` asks for new workers of the
-           same build that way; left out when empty, so revisions recorded before it existed
-           keep their hash and no host restarts on an operator upgrade).
+revision = hash of buildId and the runtime config (entrypoint, server, env, user, health check;
+           release command, process types and restartedAt when set: `kubectl apprelease
+           restart` asks for new workers of the same build that way; each is left out when
+           empty, so revisions recorded before it existed keep their hash and no host
+           restarts on an operator upgrade).
 Same inputs give the same ids on every host, which is what makes reverting a manifest a
 rollback without a rebuild. Proxy settings are in neither: they only re-render nginx.
 """
@@ -69,4 +70,9 @@ def revision(spec: ReleaseTemplate) -> str:
     }
     if spec.restarted_at:
         runtime["restartedAt"] = spec.restarted_at
+    # Left out when unset, like restartedAt: revisions from before these fields keep their hash.
+    if spec.release is not None:
+        runtime["release"] = spec.release.wire()
+    if spec.processes:
+        runtime["processes"] = {name: p.wire() for name, p in spec.processes.items()}
     return "r" + _digest(runtime, 11)

@@ -20,10 +20,19 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names each bad field and what is allowed."""
 
 
+# Fields that are maps (name -> value): their keys print as `[key]`, as the apiserver prints them.
+MAP_FIELDS = frozenset({"processes", "nodeSelector"})
+
+
 def field_path(loc: tuple[Any, ...]) -> str:
     out = ""
+    previous = None
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) or (previous in MAP_FIELDS and part != "[key]"):
+            out += f"[{part}]"
+        elif part != "[key]":
+            out += f".{part}" if out else str(part)
+        previous = part
     return out
 
 

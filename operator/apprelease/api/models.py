@@ -236,6 +236,69 @@ class Hosts(Model):
     )
 
 
+CommandArg = checked(rules.COMMAND_ARG, "One argument (the first names a program in the release's venv bin/).")
+_PROGRAM_CEL = {
+    "rule": "size(self) == 0 || self[0].matches(r'%s')" % rules.COMMAND_PROGRAM.pattern,
+    "message": "command[0] must be " + rules.COMMAND_PROGRAM.allowed,
+}
+_PROCESS_NAMES_CEL = {
+    "rule": "self.all(k, k.matches(r'%s') && size(k) <= %d)" % (rules.PROCESS_NAME.pattern, rules.PROCESS_NAME.max_length),
+    "message": "process type names must be " + rules.PROCESS_NAME.allowed,
+}
+
+
+def _check_program(command: list[str]) -> list[str]:
+    try:
+        rules.COMMAND_PROGRAM.check(command[0])
+    except ValueError as exc:
+        raise ValueError(f"command[0]: {exc}") from None
+    return command
+
+
+Command = Annotated[
+    list[CommandArg],
+    Field(min_length=1, max_length=30,
+          description="argv of a program in the release's venv bin/, e.g. [python, -m, myapp, migrate]: never a shell.",
+          json_schema_extra={"x-kubernetes-validations": [_PROGRAM_CEL]}),
+    AfterValidator(_check_program),
+]
+ReleaseRunOn = Literal["firstHost", "everyHost"]
+StopSignal = Literal["TERM", "INT", "QUIT", "HUP", "USR1", "USR2"]
+
+
+class ReleaseCommand(Model):
+    """A command run once per revision before its workers start (e.g. database migrations)."""
+
+    command: Command
+    timeout_seconds: int = Field(
+        default=300, ge=1, le=3600, description="Killed (with everything it started) and the revision failed after this long."
+    )
+    run_on: ReleaseRunOn = Field(
+        default="firstHost",
+        description=(
+            "firstHost: once per rollout, on the first host (by node name), before any other host moves "
+            "(shared state such as a database); everyHost: on each host before its own switch (per-host state)."
+        ),
+    )
+
+
+class ProcessType(Model):
+    """A process beside the web server (a queue worker, a scheduler), moved with each revision."""
+
+    command: Command
+    replicas: int = Field(default=1, ge=1, le=32, description="Copies of the process on each host.")
+    stop_signal: StopSignal = Field(default="TERM", description="Signal that asks the process to finish and exit.")
+    graceful_timeout_seconds: int = Field(
+        default=30, ge=1, le=3600, description="Time from stopSignal to SIGKILL when the revision stops."
+    )
+
+
+def _check_process_names(processes: dict[str, ProcessType]) -> dict[str, ProcessType]:
+    for name in processes:
+        rules.PROCESS_NAME.check(name)
+    return processes
+
+
 class ReleaseTemplate(Model):
     """What a release is, wherever it runs: shared by AppRelease and HostRelease specs."""
 
@@ -257,6 +320,16 @@ class ReleaseTemplate(Model):
     ) | None = None
     proxy: Proxy
     health_check: HealthCheck = Field(default_factory=HealthCheck)
+    release: ReleaseCommand | None = Field(
+        default=None,
+        description="Run once per revision before its workers start, e.g. migrations; not run again on a rollback.",
+    )
+    processes: Annotated[dict[str, ProcessType], AfterValidator(_check_process_names)] = Field(
+        default_factory=dict,
+        max_length=10,
+        description="Processes beside the web server (workers, schedulers), started and stopped with each revision.",
+        json_schema_extra={"x-kubernetes-validations": [_PROCESS_NAMES_CEL]},
+    )
     revision_history_limit: int = Field(
         default=5, ge=1, le=50, description="Releases kept on disk for rollback besides the serving one."
     )
@@ -289,6 +362,10 @@ class HostReleaseSpec(ReleaseTemplate):
     user: checked(rules.POSIX_USER, "The app's user on the host: spec.user, or the one derived from namespace and app.")
     build_id: checked(rules.DNS_LABEL, "Hash of the venv inputs; same inputs reuse the same venv.")
     revision: checked(rules.DNS_LABEL, "Hash of buildId and runtime config; a new one means new workers.")
+    run_release_command: bool | None = Field(
+        default=None,
+        description="This host runs release.command (set by the operator: every host, or only the first one).",
+    )
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -369,6 +446,23 @@ class BuildRecord(Model):
     seconds: float
 
 
+class ReleaseCommandRecord(Model):
+    """The last release command this host ran."""
+
+    revision: str
+    exit_code: int | None = Field(default=None, description="Exit status; unset when its deadline killed it.")
+    seconds: float
+    at: datetime
+
+
+class ProcessStatus(Model):
+    """One process type of the serving revision on this host."""
+
+    name: str
+    replicas: int = Field(description="Replicas the spec asks for.")
+    running: int = Field(description="Replicas the supervisor runs (restarted on crash).")
+
+
 class RevisionEvent(Model):
     revision: str
     version: str
@@ -400,6 +494,9 @@ class HostReleaseStatus(Model):
     message: str | None = None
     log_tail: str | None = Field(default=None, description="Tail of the app's log after a failure.")
     last_build: BuildRecord | None = None
+    release_command: ReleaseCommandRecord | None = Field(
+        default=None, description="The last release command run on this host (its output: logs/<revision>.release.log).")
+    processes: list[ProcessStatus] = Field(default_factory=list, description="Process types of the serving revision.")
     history: list[RevisionEvent] = Field(default_factory=list, description="Revisions this host switched to.")
     retained_build_ids: list[str] = Field(
         default_factory=list, description="buildIds whose venv is on this host's disk: a rollback to them builds nothing."

@@ -6,6 +6,8 @@ reconcile -f` without a cluster.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from . import identity
 from .models import APP_LABEL, NODE_LABEL, AppRelease, AppReleaseSpec, HostRelease, HostReleaseSpec, ObjectMeta, ReleaseTemplate
 
@@ -25,12 +27,30 @@ def host_release_name(app: str, node: str) -> str:
     return f"{app}-{node}"
 
 
-def host_release_spec(namespace: str, app: str, node: str, spec: AppReleaseSpec) -> HostReleaseSpec:
+def release_command_nodes(spec: ReleaseTemplate, nodes: Iterable[str]) -> frozenset[str]:
+    """The nodes that run `spec.release`: all of them, or the first by name (firstHost)."""
+    nodes = sorted(nodes)
+    if spec.release is None or not nodes:
+        return frozenset()
+    return frozenset(nodes if spec.release.run_on == "everyHost" else nodes[:1])
+
+
+def host_release_spec(namespace: str, app: str, node: str, spec: AppReleaseSpec,
+                      runs_release: bool = False) -> HostReleaseSpec:
     resolved = identity.with_user(spec, namespace, app)
     template = {name: getattr(resolved, name) for name in _TEMPLATE_FIELDS}
     return HostReleaseSpec(
-        **template, app=app, node=node, build_id=identity.build_id(resolved), revision=identity.revision(resolved)
+        **template, app=app, node=node, build_id=identity.build_id(resolved), revision=identity.revision(resolved),
+        run_release_command=True if runs_release else None,
     )
+
+
+def host_release_specs(namespace: str, app: str, nodes: Iterable[str], spec: AppReleaseSpec) -> dict[str, HostReleaseSpec]:
+    """node -> the HostRelease spec it runs; the same revision everywhere, and the release
+    command on the nodes `release_command_nodes` picks."""
+    nodes = sorted(nodes)
+    runs = release_command_nodes(spec, nodes)
+    return {node: host_release_spec(namespace, app, node, spec, node in runs) for node in nodes}
 
 
 def host_release(app: AppRelease, node: str) -> HostRelease:
@@ -41,5 +61,5 @@ def host_release(app: AppRelease, node: str) -> HostRelease:
             namespace=meta.namespace,
             labels={NODE_LABEL: node, APP_LABEL: meta.name},
         ),
-        spec=host_release_spec(meta.namespace, meta.name, node, app.spec),
+        spec=host_release_spec(meta.namespace, meta.name, node, app.spec, runs_release=app.spec.release is not None),
     )

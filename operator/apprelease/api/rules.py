@@ -148,6 +148,26 @@ GUNICORN_ARG = StringRule(
     "a gunicorn long option such as --max-requests=1000 (one argument, '--name' or '--name=value')",
     200,
 )
+# Commands (release commands, process types) are argv lists run without a shell: the program
+# is one of the release venv's own (`python`, or a console script such as celery or alembic),
+# and no argument may hold a shell metacharacter or whitespace, as in the other fields.
+COMMAND_PROGRAM = StringRule(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    "the name of a program in the release's venv bin/ (python, or a console script such as celery): "
+    "no path, no shell",
+    64,
+)
+COMMAND_ARG = StringRule(
+    r"^[A-Za-z0-9_@%+=:,./-]+$",
+    "one argument of letters, digits and _ @ % + = : , . / - (no whitespace, quotes or shell metacharacters; "
+    "commands never run through a shell)",
+    256,
+)
+PROCESS_NAME = StringRule(
+    r"^[a-z]([a-z0-9]*[a-z0-9])?$",
+    "a process type name of lowercase letters and digits, starting with a letter, e.g. worker or beat",
+    15,
+)
 RESTARTED_AT = StringRule(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$",
     "an RFC 3339 time such as 2026-12-01T10:00:00Z",

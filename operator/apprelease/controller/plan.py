@@ -14,7 +14,10 @@ The rules are a DaemonSet's rolling update (DESIGN.md "Rollout across hosts"):
   budget allows, so the next batch starts when the previous one settled;
 - a host failed on the desired spec halts the rollout; a host failed on an older spec is
   just outdated and may be updated (that is how reverting the manifest recovers);
-- `paused` stops creates and updates (deletes of deselected hosts still happen).
+- `paused` stops creates and updates (deletes of deselected hosts still happen);
+- a release command run on the first host only (`release.runOn: firstHost`, e.g. migrations
+  of a shared database) gates the rollout: until that host is Ready on the desired spec, no
+  other host is created or moved, so no host serves new code against an unmigrated database.
 """
 
 from __future__ import annotations
@@ -126,6 +129,12 @@ def next_step(
     if paused or halted_by:
         return Step(creates=creates, deletes=deletes, halted_by=halted_by)
 
+    gate = release_gate(desired, by_node)
+    if gate is not None:
+        return Step(creates=tuple(n for n in creates if n == gate),
+                    updates=_first_host_update(by_node.get(gate), desired[gate], max_unavailable, desired, selected),
+                    deletes=deletes)
+
     outdated = [h for h in selected if not h.updated(desired[h.node])]
     # A host already unsettled already counts against the budget: moving it on to the newest
     # spec (a superseded rollout) costs nothing more, as a DaemonSet replaces unavailable pods.
@@ -135,6 +144,31 @@ def next_step(
     settled_outdated = [h.node for h in outdated if h.settled]
     updates = moving + settled_outdated[: max(0, budget)]
     return Step(creates=creates, updates=tuple(sorted(updates)), deletes=deletes)
+
+
+def release_gate(desired: Mapping[str, WireSpec], by_node: Mapping[str, HostView]) -> str | None:
+    """The node whose release command must succeed before any other host moves, or None.
+
+    That is the node the operator asked to run a firstHost release command, as long as it is
+    not Ready on its desired spec (a rollback the agent skips the command for passes quickly).
+    """
+    for node, spec in desired.items():
+        release = spec.get("release") or {}
+        if spec.get("runReleaseCommand") and release.get("runOn", "firstHost") == "firstHost":
+            host = by_node.get(node)
+            return None if host is not None and host.ready(spec) else node
+    return None
+
+
+def _first_host_update(host: HostView | None, spec: WireSpec, max_unavailable: int | str,
+                       desired: Mapping[str, WireSpec], selected: Sequence[HostView]) -> tuple[str, ...]:
+    """The gate host's own update, within the unavailability budget like any other."""
+    if host is None or host.updated(spec):
+        return ()
+    unavailable = sum(1 for h in selected if not h.settled and h.node != host.node)
+    if host.settled and max_unavailable_count(max_unavailable, len(desired)) - unavailable < 1:
+        return ()
+    return (host.node,)
 
 
 def finalizers_to_release(existing: Sequence[HostView], live_nodes: frozenset[str]) -> tuple[str, ...]:

@@ -80,7 +80,7 @@ def reconcile_app_release(
 
     spec = app.spec
     nodes = api.list_node_names(spec.hosts.node_selector)
-    desired = {node: resolve.host_release_spec(namespace, name, node, spec).wire() for node in nodes}
+    desired = {node: s.wire() for node, s in resolve.host_release_specs(namespace, name, nodes, spec).items()}
     before = [host_view(o) for o in api.list_host_releases(namespace, name)]
     step = plan.next_step(desired, before, spec.strategy.max_unavailable, spec.paused)
     conflict = None

@@ -19,17 +19,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..api import claims
-from ..api.models import CONFLICT_REASON, BuildRecord, HostRelease, HostReleaseSpec, HostReleaseStatus, Proxy
-from . import builder, health, plan, state, users
+from ..api.models import (
+    CONFLICT_REASON,
+    BuildRecord,
+    HostRelease,
+    HostReleaseSpec,
+    HostReleaseStatus,
+    ProcessStatus,
+    Proxy,
+    ReleaseCommandRecord,
+)
+from . import builder, health, plan, release_command, state, users
 from .progress import BUILDING, PHASE_OF_STEP, Progress, no_progress
 from .executor import LocalExecutor
-from .layout import TMP_PREFIX, AppPaths, HostLayout, app_key, parse_watcher_name, watcher_name
+from .layout import (
+    TMP_PREFIX,
+    AppPaths,
+    HostLayout,
+    app_key,
+    parse_process_watcher_name,
+    parse_watcher_name,
+    process_instance,
+    process_watcher_name,
+    watcher_name,
+)
 from .proxy.nginx import Nginx, ProxyConfigRejected
 from .proxy.render import site_claims
 from .recorder import Recorder, SilentRecorder
 from .servers import UnsupportedServer
 from .supervisors.base import Supervisor
-from .watchers import watcher_for
+from .watchers import ProgramNotFound, app_environment, process_watchers, program_argv, watcher_for
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +164,32 @@ def app_watchers(supervisor: Supervisor, key: str) -> dict[str, str]:
     return out
 
 
+def app_process_watchers(supervisor: Supervisor, key: str) -> dict[tuple[str, str], str]:
+    """(revision, instance) -> watcher status, for this app's process-type watchers."""
+    out = {}
+    for name, watcher in supervisor.watchers().items():
+        parsed = parse_process_watcher_name(name)
+        if parsed and parsed[0] == key:
+            out[(parsed[1], parsed[2])] = watcher.status
+    return out
+
+
+def process_statuses(supervisor: Supervisor, key: str, spec: HostReleaseSpec, serving: str | None) -> list[ProcessStatus]:
+    """The serving revision's process types: replicas asked for (when it is the spec's) and running."""
+    running: dict[str, int] = {}
+    for (revision, instance), status in app_process_watchers(supervisor, key).items():
+        if revision == serving:
+            name = instance.rsplit("-", 1)[0]
+            running[name] = running.get(name, 0) + (status == "running")
+    wanted = {n: p.replicas for n, p in spec.processes.items()} if serving == spec.revision else {}
+    return [ProcessStatus(name=n, replicas=wanted.get(n, running.get(n, 0)), running=running.get(n, 0))
+            for n in sorted(set(wanted) | set(running))]
+
+
+def desired_instances(spec: HostReleaseSpec) -> frozenset[str]:
+    return frozenset(process_instance(name, i) for name, p in spec.processes.items() for i in range(p.replicas))
+
+
 def health_failure_message(revision: str, version: str, result: health.HealthResult, output: str) -> str:
     """The Failed message: an ended process says how it ended and its last words, not a socket error."""
     if result.exited is None:
@@ -205,6 +250,7 @@ def observe(host: Host, key: str, app_state: state.AppState, *, serving_next: st
     temp = tuple(sorted(p.name for p in paths.releases.glob(f"{TMP_PREFIX}*"))) if paths.releases.exists() else ()
     current = _link_target(paths.current)
     watchers = app_watchers(host.supervisor, key)
+    processes = app_process_watchers(host.supervisor, key)
     recency = [b for b in app_state.served_builds if b in on_disk]
     recency += [b for b in on_disk if b not in recency]
     if serving_next:
@@ -220,6 +266,10 @@ def observe(host: Host, key: str, app_state: state.AppState, *, serving_next: st
         site=host.nginx.current_site(key),
         failed_revision=app_state.failed.revision if app_state.failed else None,
         gc_candidates=gc,
+        # A revision that served here before is a rollback: its release command is not run again.
+        released=frozenset(app_state.released) | {e.revision for e in app_state.history},
+        processes=frozenset(p for p, status in processes.items() if status in ACTIVE),
+        process_revisions=frozenset(r for r, _ in processes),
     )
 
 
@@ -250,7 +300,11 @@ class _Apply:
             return
         spec, target = self.spec, action.target
         messages = {
+            plan.RUN_RELEASE: f"running the release command of revision {target} ({spec.version}) "
+                              f"(up to {spec.release.timeout_seconds if spec.release else 0}s)",
             plan.START: f"starting revision {target} ({spec.version})",
+            plan.START_PROCESSES: f"starting the process types of revision {target}: "
+                                  f"{', '.join(sorted(spec.processes))}",
             plan.HEALTH: f"checking {spec.health_check.path} through revision {target}'s own socket "
                          f"(up to {spec.health_check.timeout_seconds}s)",
             plan.WRITE_SITE: "applying the nginx site (nginx -t, then reload)",
@@ -306,6 +360,50 @@ class _Apply:
             raise StepFailed(message) from None
         self.host.supervisor.add(watcher)
 
+    def _fail_revision(self, revision: str, message: str, tail: str = "") -> StepFailed:
+        """Remember `revision` as failed (terminal until the spec changes) and say why."""
+        self.state.failed = state.FailedRevision(revision=revision, message=message, log_tail=tail, at=state.now())
+        return StepFailed(message, tail)
+
+    def do_run_release_command(self, revision: str) -> None:
+        spec, release = self.spec, self.spec.release
+        venv = self.paths.venv(spec.build_id)
+        try:
+            argv = program_argv(venv, release.command, "release.command")
+        except ProgramNotFound as exc:
+            raise self._fail_revision(revision, f"revision {revision} ({spec.version}): {exc}") from None
+        ids = users.lookup_user(spec.user, self.host.executor)
+        if ids is None:
+            raise StepFailed(f"app user {spec.user} does not exist on this host")
+        outcome = release_command.run(
+            self.host.executor, argv, uid=ids[0], gid=ids[1], cwd=self.paths.release(spec.build_id),
+            env=app_environment(venv, spec), timeout=release.timeout_seconds,
+            log_path=self.paths.release_command_log(revision),
+        )
+        self.state.release_command = ReleaseCommandRecord(
+            revision=revision, exit_code=outcome.code, seconds=round(outcome.seconds, 3), at=state.now())
+        if not outcome.ok:
+            raise self._fail_revision(
+                revision, f"release command of revision {revision} ({spec.version}) "
+                          f"{outcome.describe(release.timeout_seconds)}; the previous revision keeps serving",
+                outcome.tail)
+        self.state.ran_release_command(revision)
+
+    def do_start_processes(self, revision: str) -> None:
+        try:
+            wanted = process_watchers(self.host.layout, self.key, self.spec)
+        except ProgramNotFound as exc:
+            self.do_stop_watcher(revision)  # never half a revision: its web server goes too
+            raise self._fail_revision(revision, f"revision {revision} ({self.spec.version}): {exc}") from None
+        present = self.host.supervisor.watchers()
+        for watcher in wanted:
+            status = present.get(watcher.name)
+            if status is not None and status.status in ACTIVE:
+                continue
+            if status is not None:  # stopped or given up on: start it afresh
+                self.host.supervisor.remove(watcher.name)
+            self.host.supervisor.add(watcher)
+
     def do_health_check(self, revision: str) -> None:
         check = self.spec.health_check
         name = watcher_name(self.key, revision)
@@ -340,7 +438,11 @@ class _Apply:
         time.sleep(self.host.settle_seconds)
 
     def do_stop_watcher(self, revision: str) -> None:
+        """Stop every process of `revision`: its web server and its process types."""
         self.host.supervisor.remove(watcher_name(self.key, revision))
+        for rev, instance in app_process_watchers(self.host.supervisor, self.key):
+            if rev == revision:
+                self.host.supervisor.remove(process_watcher_name(self.key, revision, instance))
         self.paths.socket(revision).unlink(missing_ok=True)
 
     def do_swap_current(self, build_id: str) -> None:
@@ -394,7 +496,9 @@ def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None,
         tls_files = host.nginx.write_tls(key, cert, key_pem)
     site = host.nginx.render_site(key, spec.proxy, tls_files)
 
-    desired = plan.Desired(build_id=spec.build_id, revision=spec.revision, user=spec.user, site=site)
+    desired = plan.Desired(build_id=spec.build_id, revision=spec.revision, user=spec.user, site=site,
+                           release_command=spec.release is not None and bool(spec.run_release_command),
+                           processes=desired_instances(spec))
     observed = observe(host, key, app_state, serving_next=spec.build_id, limit=spec.revision_history_limit)
     the_plan = plan.plan_release(desired, observed)
     result = Result(status=HostReleaseStatus(), plan=the_plan)
@@ -409,6 +513,7 @@ def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None,
         state.save(paths.state_file, app_state)
         paths.spec_file.write_text(json.dumps(release.wire(), indent=2))
     result.status = _status(release, paths, app_state, error)
+    result.status.processes = process_statuses(host.supervisor, key, spec, result.status.serving_revision)
     return result
 
 
@@ -431,6 +536,7 @@ def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, er
         message=str(error) if error else f"serving {release.spec.version} ({release.spec.revision})",
         log_tail=error.log_tail if error and error.log_tail else None,
         last_build=last_build,
+        release_command=app_state.release_command,
         history=app_state.history,
         # What a rollback can reuse without a build (`kubectl apprelease history` shows it).
         retained_build_ids=sorted(r.build_id for r in builder.list_releases(paths)),

@@ -6,7 +6,7 @@
     apps/<ns>_<app>/current -> releases/<buildId>      swapped atomically
     apps/<ns>_<app>/run/<revision>.sock                gunicorn's socket, one per running revision
     apps/<ns>_<app>/run/live.sock -> <revision>.sock   what nginx connects to
-    apps/<ns>_<app>/logs/                              stdout/stderr of the app's processes
+    apps/<ns>_<app>/logs/                              stdout/stderr of the app's processes, release command output
     apps/<ns>_<app>/cache/{uv,pip}                     the app's build cache, owned by its build user (0700)
     apps/<ns>_<app>/spec.json                          the last spec applied (for status and resync)
     apps/<ns>_<app>/state.json                         failed revision, served order, history (host/state.py)
@@ -38,11 +38,35 @@ def watcher_name(key: str, revision: str) -> str:
 
 
 def parse_watcher_name(name: str) -> tuple[str, str] | None:
-    """(app key, revision) of a watcher this agent manages, or None for anything else."""
+    """(app key, revision) of a web watcher this agent manages, or None for anything else."""
     parts = name.split("_")
     if len(parts) != 4 or parts[0] != "ar":
         return None
     return f"{parts[1]}_{parts[2]}", parts[3]
+
+
+def app_of_watcher(name: str) -> str | None:
+    """The app key of any watcher this agent manages (web or process type), else None."""
+    parsed = parse_watcher_name(name) or parse_process_watcher_name(name)
+    return parsed[0] if parsed else None
+
+
+def process_instance(process: str, index: int) -> str:
+    """One replica of a process type: `worker-0`; process type names hold no '-' or '_'."""
+    return f"{process}-{index}"
+
+
+def process_watcher_name(key: str, revision: str, instance: str) -> str:
+    """Supervisor watcher/program name of one replica of a process type of one revision."""
+    return f"ar_{key}_{revision}_{instance}"
+
+
+def parse_process_watcher_name(name: str) -> tuple[str, str, str] | None:
+    """(app key, revision, instance) of a process-type watcher, or None for anything else."""
+    parts = name.split("_")
+    if len(parts) != 5 or parts[0] != "ar" or "-" not in parts[4]:
+        return None
+    return f"{parts[1]}_{parts[2]}", parts[3], parts[4]
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,10 @@ class AppPaths:
 
     def log_file(self, revision: str, stream: str) -> Path:
         return self.logs / f"{revision}.{stream}.log"
+
+    def release_command_log(self, revision: str) -> Path:
+        """Output (stdout and stderr) of the revision's release command on this host."""
+        return self.logs / f"{revision}.release.log"
 
     @property
     def build_cache(self) -> Path:

@@ -5,8 +5,10 @@ and applies the actions one by one. Because the plan is computed from what is on
 (symlinks, supervisor watchers, nginx config) and not from memory, it converges after a
 crash at any step, and a second reconcile of a converged host plans nothing.
 
-The rotation order is DESIGN.md's: build/reuse venv -> start new watcher -> health gate ->
-switch the live socket link -> settle, stop old watchers -> swap `current` -> GC.
+The rotation order is DESIGN.md's: build/reuse venv -> release command (once per revision,
+never on a return to a revision that served here) -> start new watcher -> health gate ->
+start its process types -> switch the live socket link -> settle, stop old watchers (web and
+process types) -> swap `current` -> GC.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class Observed:
     site: str | None = None  # the live nginx site config text
     failed_revision: str | None = None  # a revision whose boot failed (terminal until the spec changes)
     gc_candidates: tuple[str, ...] = ()  # buildIds GC would remove (computed from release records)
+    released: frozenset[str] = frozenset()  # revisions whose release command ran here, or that served here
+    processes: frozenset[tuple[str, str]] = frozenset()  # (revision, instance) of process watchers running
+    process_revisions: frozenset[str] = frozenset()  # revisions with any process watcher, running or not
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class Desired:
     revision: str
     user: str
     site: str
+    release_command: bool = False  # this host runs the spec's release command
+    processes: frozenset[str] = frozenset()  # process-type instances the revision runs, e.g. worker-0
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,10 @@ class Action:
 CLEAN_TEMP = "clean-temp-builds"
 ENSURE_USER = "ensure-user"
 ENSURE_RELEASE = "ensure-release"
+RUN_RELEASE = "run-release-command"
 START = "start-watcher"
 HEALTH = "health-check"
+START_PROCESSES = "start-processes"
 WRITE_SITE = "write-site"
 REMOVE_SITE = "remove-site"
 SWITCH = "switch-live"
@@ -79,9 +88,10 @@ class Plan:
 
 
 def plan_release(desired: Desired, observed: Observed) -> Plan:
+    started = observed.running | observed.process_revisions
     if observed.failed_revision == desired.revision and observed.live_revision != desired.revision:
         # A boot failure is terminal for that revision: no restart loop, the old one keeps serving.
-        actions = [Action(STOP, desired.revision)] if desired.revision in observed.running else []
+        actions = [Action(STOP, desired.revision)] if desired.revision in started else []
         return Plan((*actions, Action(REPORT_FAILED, desired.revision)))
 
     actions: list[Action] = []
@@ -92,15 +102,19 @@ def plan_release(desired: Desired, observed: Observed) -> Plan:
     if needs_workers or not is_live:
         actions.append(Action(ENSURE_USER, desired.user))
         actions.append(Action(ENSURE_RELEASE, desired.build_id))
+        if desired.release_command and not is_live and desired.revision not in observed.released:
+            actions.append(Action(RUN_RELEASE, desired.revision))
     if needs_workers:
         actions.append(Action(START, desired.revision))
     if needs_workers or not is_live:
         actions.append(Action(HEALTH, desired.revision))
+    if desired.processes - {i for r, i in observed.processes if r == desired.revision}:
+        actions.append(Action(START_PROCESSES, desired.revision))
     if observed.site != desired.site:
         actions.append(Action(WRITE_SITE))
     if not is_live:
         actions.append(Action(SWITCH, desired.revision))
-    old = sorted(observed.running - {desired.revision})
+    old = sorted(started - {desired.revision})
     if old:
         if not is_live:
             actions.append(Action(SETTLE))
@@ -116,7 +130,7 @@ def plan_removal(observed: Observed) -> Plan:
     actions: list[Action] = []
     if observed.site is not None:
         actions.append(Action(REMOVE_SITE))
-    actions.extend(Action(STOP, r) for r in sorted(observed.running))
+    actions.extend(Action(STOP, r) for r in sorted(observed.running | observed.process_revisions))
     if observed.releases or observed.temp_builds or observed.current_build or observed.live_revision:
         actions.append(Action(REMOVE_APP_DIR))
     return Plan(tuple(actions))

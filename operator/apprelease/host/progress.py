@@ -27,8 +27,10 @@ BUILDING, STARTING, HEALTH_CHECKING, SWITCHING, DRAINING = (
 # shows Building.
 PHASE_OF_STEP: dict[str, str] = {
     plan.ENSURE_RELEASE: BUILDING,
+    plan.RUN_RELEASE: STARTING,  # the message says it is the release command
     plan.START: STARTING,
     plan.HEALTH: HEALTH_CHECKING,
+    plan.START_PROCESSES: STARTING,
     plan.WRITE_SITE: SWITCHING,
     plan.SWITCH: SWITCHING,
     plan.SETTLE: DRAINING,

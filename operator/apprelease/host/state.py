@@ -2,8 +2,9 @@
 
 Everything else (which venvs exist, what runs, what nginx serves) is observed afresh on each
 reconcile. What is kept here: which revision failed its boot (so it is not retried in a
-loop), the order releases were served in (for GC and "previous"), the last build, and the
-switch history reported in HostRelease status. Written atomically (temp file + rename).
+loop), the order releases were served in (for GC and "previous"), the last build, the
+switch history reported in HostRelease status, and which revisions ran their release
+command (so a rollback does not run it again). Written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..api.models import BuildRecord, Model, RevisionEvent
+from ..api.models import BuildRecord, Model, ReleaseCommandRecord, RevisionEvent
 
 HISTORY_KEPT = 20
+RELEASED_KEPT = 50
 
 
 class FailedRevision(Model):
@@ -32,6 +34,11 @@ class AppState(Model):
     served_builds: list[str] = Field(default_factory=list)  # most recent first
     last_build: BuildRecord | None = None
     history: list[RevisionEvent] = Field(default_factory=list)  # oldest first
+    released: list[str] = Field(default_factory=list)  # revisions whose release command succeeded here, newest last
+    release_command: ReleaseCommandRecord | None = None  # the last one run, for status
+
+    def ran_release_command(self, revision: str) -> None:
+        self.released = [*[r for r in self.released if r != revision], revision][-RELEASED_KEPT:]
 
     def served(self, build_id: str, revision: str, version: str) -> None:
         self.served_builds = [build_id, *[b for b in self.served_builds if b != build_id]]

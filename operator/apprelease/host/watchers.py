@@ -1,22 +1,23 @@
-"""What one running revision of an app is, as a supervisor sees it: a `WatcherSpec`.
+"""What one running revision of an app is, as a supervisor sees it: `WatcherSpec`s.
 
-Pure: `watcher_for` turns a HostReleaseSpec, and the server software its venv holds, into
-the command, user, environment and logs of the gunicorn master serving that revision on its
-own unix socket. The rotation code calls
-it and hands the result to a supervisor backend (`host.supervisors`), which only knows how
-to run a WatcherSpec, never how an app release is put together.
+`watcher_for` turns a HostReleaseSpec, and the server software its venv holds, into the
+command, user, environment and logs of the gunicorn master serving that revision on its own
+unix socket; `process_watchers` does the same for each replica of its process types (queue
+workers, schedulers). The rotation code hands them to a supervisor backend
+(`host.supervisors`), which only knows how to run a WatcherSpec, never how an app release
+is put together. Only `program_argv` looks at the disk (is the program in the venv?).
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..api.models import HostReleaseSpec
 from . import servers
-from .layout import HostLayout, watcher_name
+from .layout import HostLayout, process_instance, process_watcher_name, watcher_name
 from .servers import ServerSoftware
 
 # Log files rotate at this size, keeping this many old files (per stream, per revision).
@@ -74,6 +75,66 @@ def gunicorn_argv(python: Path, socket: Path, spec: HostReleaseSpec, software: S
     )
 
 
+def app_environment(venv: Path, spec: HostReleaseSpec) -> dict[str, str]:
+    """The complete environment of every process of a revision (web, release command, process types)."""
+    env = {e.name: e.value for e in spec.env}
+    # The venv's bin first so subprocesses the app starts find the venv's tools; a PATH
+    # given in the spec is kept behind it.
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
+    return env
+
+
+class ProgramNotFound(ValueError):
+    """A command's program is not in the release's venv."""
+
+
+def program_argv(venv: Path, command: Sequence[str], field: str) -> tuple[str, ...]:
+    """`command` as the venv's interpreter runs it: the program may only come from the venv.
+
+    The validated spec holds a bare name (no '/'): `python` is the venv's interpreter; any
+    other name must be a script the release installed in bin/ (a console script such as
+    celery), which the interpreter runs as its file, so no shebang and no PATH is ever
+    consulted. Raises `ProgramNotFound` naming the field and what the venv does have.
+    """
+    python = venv / "bin" / "python"
+    if command[0] == "python":
+        return (str(python), *command[1:])
+    program = venv / "bin" / command[0]
+    if "/" in command[0] or not program.is_file():
+        found = sorted(p.name for p in (venv / "bin").iterdir() if p.is_file() and not p.name.startswith("activate"))
+        raise ProgramNotFound(
+            f"{field}[0]: {command[0]!r} is not a program in the release's venv bin/ "
+            f"(it has: {', '.join(found[:30]) or 'nothing'}); add the package that provides it to source.requirements"
+        )
+    return (str(python), str(program), *command[1:])
+
+
+def process_watchers(layout: HostLayout, key: str, spec: HostReleaseSpec) -> list[WatcherSpec]:
+    """One watcher per replica of each process type of `spec.revision` (name: see layout)."""
+    app = layout.app(key)
+    venv = app.venv(spec.build_id)
+    env = app_environment(venv, spec)
+    out = []
+    for name, process in sorted(spec.processes.items()):
+        argv = program_argv(venv, process.command, f"processes.{name}.command")
+        for index in range(process.replicas):
+            instance = process_instance(name, index)
+            out.append(WatcherSpec(
+                name=process_watcher_name(key, spec.revision, instance),
+                argv=argv,
+                cwd=app.release(spec.build_id),
+                user=spec.user,
+                group=spec.user,
+                env={**env, "APPRELEASE_PROCESS": name, "APPRELEASE_REPLICA": str(index)},
+                stdout_log=app.log_file(f"{spec.revision}.{instance}", "stdout"),
+                stderr_log=app.log_file(f"{spec.revision}.{instance}", "stderr"),
+                # No gunicorn in between: the supervisor's SIGKILL is the deadline itself.
+                graceful_timeout=process.graceful_timeout_seconds,
+                stop_signal=int(getattr(signal, f"SIG{process.stop_signal}")),
+            ))
+    return out
+
+
 def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec, software: ServerSoftware) -> WatcherSpec:
     """The watcher serving `spec.revision` of app `key` on `run/<revision>.sock`.
 
@@ -81,10 +142,7 @@ def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec, software: S
     """
     app = layout.app(key)
     venv = app.venv(spec.build_id)
-    env = {e.name: e.value for e in spec.env}
-    # The venv's bin first so subprocesses the app starts find the venv's tools; a PATH
-    # given in the spec is kept behind it.
-    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
+    env = app_environment(venv, spec)
     return WatcherSpec(
         name=watcher_name(key, spec.revision),
         argv=gunicorn_argv(venv / "bin" / "python", app.socket(spec.revision), spec, software),

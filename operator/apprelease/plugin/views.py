@@ -507,7 +507,7 @@ def _label(spec: HostReleaseSpec | None) -> str:
 def diff_rows(new: AppRelease, nodes: Sequence[str], hrs: Sequence[Obj]) -> list[DiffRow]:
     """Per host, what applying `new` does: the operator's fan-out and rollout order, the agent's plan."""
     namespace, name = new.metadata.namespace, new.metadata.name
-    desired = {n: resolve.host_release_spec(namespace, name, n, new.spec) for n in nodes}
+    desired = resolve.host_release_specs(namespace, name, nodes, new.spec)
     desired_wire = {n: s.wire() for n, s in desired.items()}
     views = [rollout_plan.HostView(
         name=(hr.get("metadata") or {}).get("name", ""), node=node_of(hr),

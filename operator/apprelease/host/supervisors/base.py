@@ -174,10 +174,15 @@ def decode_env(encoded: Mapping[str, str]) -> dict[str, str]:
 
 def launch_argv(spec: WatcherSpec) -> list[str]:
     """The command the daemon runs: the release's interpreter as launcher, then spec.argv."""
-    interpreter = spec.argv[0]
+    return launcher_argv(spec.argv, spec.name)
+
+
+def launcher_argv(argv: Sequence[str], what: str) -> list[str]:
+    """`argv` (whose first element is the release's interpreter) behind the env-decoding launcher."""
+    interpreter = argv[0]
     if not Path(interpreter).name.startswith("python"):
-        raise ValueError(f"{spec.name}: argv[0] must be the release's Python interpreter, got {interpreter!r}")
-    return [interpreter, "-I", "-S", "-c", LAUNCHER, *spec.argv]
+        raise ValueError(f"{what}: argv[0] must be the release's Python interpreter, got {interpreter!r}")
+    return [interpreter, "-I", "-S", "-c", LAUNCHER, *argv]
 
 
 def quote_arg(arg: str) -> str:
