@@ -7,11 +7,13 @@ built against them (support/pypi.py `start_real_index`).
 `control_plane`: a real etcd + kube-apiserver + kube-controller-manager on loopback.
 `short_tmp`: a temp dir whose path leaves room for unix socket names.
 `accounts_left_clean` (autouse): the app and build users apprelease made during the run are
-deleted at its end (tests in fresh namespaces would otherwise fill the system uid range).
+deleted at the end of the last of the sessions running at once (tests in fresh namespaces
+would otherwise fill the system uid range).
 """
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import tempfile
@@ -54,10 +56,30 @@ def _apprelease_accounts() -> set[str]:
             if len(f) > 4 and f[4].startswith("apprelease ")}
 
 
+# Several pytest sessions may run on one machine at once (developers running parts of the
+# suite side by side): one session's clean-up must not delete accounts another still uses.
+# Every session holds a shared lock while it runs; the first one records the accounts that
+# existed before any of them, and only the last one to finish (it gets the lock exclusively)
+# deletes what was made since.
+_SESSIONS_LOCK = Path("/run/lock/apprelease-test-sessions.lock")
+_BASELINE = Path("/run/lock/apprelease-test-accounts.baseline")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def accounts_left_clean() -> Iterator[None]:
-    before = _apprelease_accounts()
-    yield
-    for name in sorted(_apprelease_accounts() - before):
-        # still in use (a process of a test that leaked) -> userdel refuses: kept, not killed
-        subprocess.run(["userdel", name], capture_output=True)
+    with _SESSIONS_LOCK.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _BASELINE.write_text("\n".join(sorted(_apprelease_accounts())))  # alone: the baseline is now
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        except BlockingIOError:
+            fcntl.flock(lock, fcntl.LOCK_SH)  # others run: their baseline holds
+        yield
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another session still runs: the last one cleans up
+        before = set(_BASELINE.read_text().split()) if _BASELINE.exists() else _apprelease_accounts()
+        for name in sorted(_apprelease_accounts() - before):
+            # still in use (a process of a test that leaked) -> userdel refuses: kept, not killed
+            subprocess.run(["userdel", name], capture_output=True)

@@ -64,8 +64,10 @@ def app_release(index_url: str, version: str, *, port: int, name: str = "webxamp
                 fail_health: bool = False, health_timeout: int = 20, limit: int = 5,
                 requirements: list[str] | None = None, graceful: int = 10, user: str | None = None,
                 entrypoint: str | None = None, env: dict[str, str] | None = None,
-                server: dict[str, object] | None = None, **proxy: object) -> AppRelease:
-    """webxample's AppRelease; `entrypoint`, extra `env` and `server` fields serve other apps too.
+                server: dict[str, object] | None = None, extra: dict[str, object] | None = None,
+                **proxy: object) -> AppRelease:
+    """webxample's AppRelease; `entrypoint`, extra `env` and `server` fields serve other apps too,
+    `extra` adds spec fields (release, processes).
     Its user is derived from namespace and app unless `user` is given, so tests in different
     namespaces never ask for the same account."""
     spec = {
@@ -81,6 +83,7 @@ def app_release(index_url: str, version: str, *, port: int, name: str = "webxamp
         "server": {"workers": 2, "threads": 8, "gracefulTimeoutSeconds": graceful, **(server or {})},
         "revisionHistoryLimit": limit,
         **({"entrypoint": entrypoint} if entrypoint else {}),
+        **(extra or {}),
     }
     doc = {"apiVersion": "apprelease.dev/v1alpha1", "kind": "AppRelease",
            "metadata": {"name": name, "namespace": namespace}, "spec": spec}

@@ -390,7 +390,8 @@ def start_real_index(
     wheels = {"webxample-1.0.0": build_webxample_wheel("1.0.0", directory, dependencies=["gunicorn>=20.1"])}
     for version in fastapi_versions:
         wheels[f"fastapi-app-{version}"] = build_example_wheel(FASTAPI_SOURCE, version, directory)
-    wheels["django-app-1.0.0"] = build_example_wheel(DJANGO_SOURCE, "1.0.0", directory)
+    for version in ("1.0.0", "2.0.0"):
+        wheels[f"django-app-{version}"] = build_example_wheel(DJANGO_SOURCE, version, directory)
     return RealIndex(index=LocalIndex(directory, port).start(), wheels=wheels)
 
 

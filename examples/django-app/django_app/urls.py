@@ -7,4 +7,6 @@ urlpatterns = [
     path("version", views.version),
     path("healthz", views.healthz),
     path("notes", views.notes),
+    path("echo", views.echo),
+    path("slow", views.slow),
 ]

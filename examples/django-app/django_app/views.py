@@ -1,7 +1,11 @@
-"""Views: `/`, `/version`, `/healthz` (no database: it must pass before migrations run), and
-`/notes`, which reads the migrated table (GET: count; POST: add one)."""
+"""Views: `/` (reads the migrated table, so it fails before migrations ran), `/version`,
+`/healthz` (no database: it must pass before migrations run), `/notes` (GET: count; POST:
+add one), and for apprelease's load generator `POST /echo` (the body's sha256) and
+`/slow?seconds=N` (a request that takes N seconds, at most 30)."""
 
+import hashlib
 import os
+import time
 
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -24,7 +28,7 @@ def served_by(get_response):
 
 
 def index(request):
-    return HttpResponse(f"django-app {__version__}\n", content_type="text/plain")
+    return HttpResponse(f"django-app {__version__}: {Note.objects.count()} notes\n", content_type="text/plain")
 
 
 def version(request):
@@ -40,3 +44,15 @@ def notes(request):
     if request.method == "POST":
         Note.objects.create(text=request.body.decode(errors="replace")[:200])
     return JsonResponse({"notes": Note.objects.count()})
+
+
+@csrf_exempt
+def echo(request):
+    body = request.body
+    return JsonResponse({"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+
+
+def slow(request):
+    seconds = min(max(float(request.GET.get("seconds", "1")), 0.0), 30.0)
+    time.sleep(seconds)
+    return HttpResponse(f"slept {seconds:g}s\n", content_type="text/plain")

@@ -29,7 +29,7 @@ from ..api.models import (
     Proxy,
     ReleaseCommandRecord,
 )
-from . import builder, health, plan, release_command, state, users
+from . import builder, drain, health, plan, release_command, state, users
 from .progress import BUILDING, PHASE_OF_STEP, Progress, no_progress
 from .executor import LocalExecutor
 from .layout import (
@@ -53,6 +53,7 @@ from .watchers import ProgramNotFound, app_environment, process_watchers, progra
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 30
+PROCESS_START_WAIT_SECONDS = 5
 # gunicorn's own progress lines ("Starting gunicorn", "Booting worker"): never the reason a
 # process ended, and the first thing a supervisor's restart of it writes.
 GUNICORN_PROGRESS = re.compile(r"^\[[^]]+\] \[\d+\] \[(INFO|DEBUG)\] ")
@@ -309,7 +310,8 @@ class _Apply:
                          f"(up to {spec.health_check.timeout_seconds}s)",
             plan.WRITE_SITE: "applying the nginx site (nginx -t, then reload)",
             plan.SWITCH: f"switching traffic to revision {target} ({spec.version})",
-            plan.SETTLE: f"letting requests already queued on the old revision land ({self.host.settle_seconds:g}s)",
+            plan.SETTLE: f"letting requests already queued on the old revision land (at least "
+                         f"{self.host.settle_seconds:g}s, until its accept queue is empty)",
             plan.STOP: f"stopping revision {target} gracefully (up to {spec.server.graceful_timeout_seconds}s)",
         }
         self.progress(phase, messages[action.kind])
@@ -403,6 +405,15 @@ class _Apply:
             if status is not None:  # stopped or given up on: start it afresh
                 self.host.supervisor.remove(watcher.name)
             self.host.supervisor.add(watcher)
+        # Not a gate (a worker has no health check): a short wait so the status that follows
+        # says running rather than starting (supervisord calls a process running after 1 s).
+        names = {w.name for w in wanted}
+        deadline = time.monotonic() + PROCESS_START_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            states = self.host.supervisor.watchers()
+            if all(states.get(n) is not None and states[n].status == "running" for n in names):
+                break
+            time.sleep(0.2)
 
     def do_health_check(self, revision: str) -> None:
         check = self.spec.health_check
@@ -436,6 +447,11 @@ class _Apply:
 
     def do_settle(self, _: str) -> None:
         time.sleep(self.host.settle_seconds)
+        old = [self.paths.socket(r) for r in app_watchers(self.host.supervisor, self.key) if r != self.spec.revision]
+        waiting = drain.wait_accepted(self.host.executor, old, self.spec.server.graceful_timeout_seconds)
+        if waiting:
+            log.warning("%s: connections still queued on the old revision after %ss: %s", self.key,
+                        self.spec.server.graceful_timeout_seconds, waiting)
 
     def do_stop_watcher(self, revision: str) -> None:
         """Stop every process of `revision`: its web server and its process types."""
