@@ -6,7 +6,8 @@ and share the hosts. Covers: apply v1 -> both serve, `kubectl get ar` shows 2/2,
 observedGeneration; v2 moves hosts one at a time (never two in flight, host-a first) while
 a load generator on both hosts sees only 200s; a failing v3 halts after the first host,
 Degraded names it, the other host keeps v2, no request fails; reverting to v2 then v1 needs
-no build; kill -9 of the operator mid-rollout and of an agent mid-rotation; a 20 s apiserver
+no build; a firstHost release command runs on host-a only, and host-b moves only once host-a
+is Ready (even with maxUnavailable 100%); kill -9 of the operator mid-rollout and of an agent mid-rotation; a 20 s apiserver
 outage while the apps keep serving; a Node relabelled off the selector stops its app;
 deleting the AppRelease cleans both hosts. Times from apply to serving are printed.
 """
@@ -143,6 +144,31 @@ def test_revert_to_v2_then_v1_builds_nothing(story):
             assert hr["status"]["lastBuild"]["buildId"] == hr["spec"]["buildId"], node
     for node, hr in story.host_releases().items():  # both hosts moved back to 1.0.0 from disk
         assert hr["status"]["lastBuild"]["reused"] is True, (node, hr["status"]["lastBuild"])
+
+
+def test_first_host_release_command_runs_there_alone_before_any_other_host_moves(story):
+    # maxUnavailable 100%: without the gate both hosts would move at once. The command stands in
+    # for migrations (webxample has none): it only has to run, exit 0 and be recorded.
+    command = ["python", "-m", "timeit", "-n", "1", "-r", "1", "pass"]
+    story.apply("2.0.0", extra={"release": {"command": command}, "strategy": {"maxUnavailable": "100%"}})
+    early: list[str] = []
+
+    def watch_order() -> bool:
+        hrs = story.host_releases()
+        a_ready = (hrs[HOST_A].get("status") or {}).get("servingVersion") == "2.0.0" \
+            and hrs[HOST_A]["status"].get("phase") == "Ready"
+        if hrs[HOST_B]["spec"]["version"] == "2.0.0" and not a_ready:
+            early.append(json.dumps(hrs[HOST_A].get("status")))
+        return all(story.served(n) == "2.0.0" for n in hrs) and not early
+
+    wait_for(lambda: watch_order() or bool(early), timeout=240, message="rollout with a release command")
+    assert not early, f"{HOST_B} moved before {HOST_A} was Ready: {early[0]}"
+    story.wait_rollout("2.0.0")
+    hrs = story.host_releases()
+    assert hrs[HOST_A]["spec"].get("runReleaseCommand") is True and "runReleaseCommand" not in hrs[HOST_B]["spec"]
+    ran = hrs[HOST_A]["status"]["releaseCommand"]
+    assert ran["exitCode"] == 0 and ran["revision"] == hrs[HOST_A]["spec"]["revision"], ran
+    assert "releaseCommand" not in hrs[HOST_B]["status"]
 
 
 def test_operator_kill_9_mid_rollout_resumes(story):

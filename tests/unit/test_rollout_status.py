@@ -439,3 +439,18 @@ def test_a_live_phase_counts_like_pending(phase):
     assert [c.message for c in live.conditions] == [c.message for c in pending.conditions]
     assert (live.ready, live.updated_hosts, live.ready_hosts) == (pending.ready, 1, 0)
     assert [(h.node, h.phase) for h in live.hosts] == [("a", phase), ("b", "Ready")]  # the phase is passed on
+
+
+def test_hosts_show_the_process_types_their_agents_report():
+    from apprelease.controller.kube import host_view, processes_summary
+
+    assert processes_summary([{"name": "worker", "replicas": 2, "running": 1}, {"name": "beat", "replicas": 1,
+                                                                                  "running": 1}]) == "worker 1/2, beat 1/1"
+    assert processes_summary([]) is None
+    view = host_view({"metadata": {"name": "app-a", "labels": {}}, "spec": {"node": "a"},
+                      "status": {"processes": [{"name": "worker", "replicas": 2, "running": 2}]}})
+    assert view.processes == "worker 2/2"
+    a = HostView(name="app-a", node="a", spec=spec("r1"), generation=2, observed_generation=2, phase="Ready",
+                 serving_revision="r1", processes="worker 2/2")
+    s = compute_status(rollout("r1", [a, host("b", "r1")]), None, T0)
+    assert [(h.node, h.processes) for h in s.hosts] == [("a", "worker 2/2"), ("b", None)]

@@ -405,6 +405,7 @@ class HostState(Model):
     phase: str
     revision: str | None = None
     message: str | None = None
+    processes: str | None = Field(default=None, description="Process types of the serving revision, running/replicas.")
 
 
 class AppReleaseStatus(Model):

@@ -122,9 +122,16 @@ def host_view(obj: Mapping[str, Any]) -> HostView:
         serving_revision=status.get("servingRevision"),
         message=status.get("message"),
         reason=status.get("reason"),
+        processes=processes_summary(status.get("processes") or []),
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(meta.get("finalizers") or ()),
     )
+
+
+def processes_summary(processes: list[Mapping[str, Any]]) -> str | None:
+    """`worker 2/2, beat 1/1` from a HostRelease's status.processes (running/replicas), or None."""
+    parts = [f"{p.get('name')} {p.get('running', 0)}/{p.get('replicas', 0)}" for p in processes if p.get("name")]
+    return ", ".join(parts) or None
 
 
 def label_selector(labels: Mapping[str, str]) -> str:

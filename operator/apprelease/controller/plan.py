@@ -48,6 +48,7 @@ class HostView:
     serving_revision: str | None = None
     message: str | None = None
     reason: str | None = None  # the agent's status.reason, e.g. Conflict
+    processes: str | None = None  # the serving revision's process types, e.g. "worker 2/2"
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
 

@@ -337,7 +337,7 @@ def _host_states(rollout: Rollout) -> list[HostState]:
             states.append(HostState(node=node, phase="Pending", revision=host.serving_revision))
         else:
             states.append(HostState(node=node, phase=host.phase, revision=host.serving_revision,
-                                    message=host.message))
+                                    message=host.message, processes=host.processes))
     return states
 
 
