@@ -5,7 +5,8 @@ the entrypoint), the options by gunicorn version x worker class x what the venv 
 (--no-control-socket from 25.1 on only, --threads for gthread only, the uvicorn worker's
 import path, refusals naming what is missing or too old, gunicorn 20 without pkg_resources), the name from layout.watcher_name, the environment (spec env only, PATH
 led by the venv's bin, a spec PATH kept behind it), the user/group, the cwd, the logs under
-logs/, and the stop timing (gunicorn's graceful timeout plus a margin, SIGTERM).
+logs/, and the stop timing (gunicorn's graceful timeout plus a margin, SIGTERM); process
+types: one watcher per replica, the program from the venv only, their stop signal and timeout.
 """
 
 from __future__ import annotations
@@ -201,3 +202,51 @@ def test_release_record_round_trip(record: dict[str, object], expected: ServerSo
     assert ServerSoftware.from_record(record) == expected
     if expected is not None:
         assert ServerSoftware.from_record(expected.record()) == expected
+
+
+# -- process types ---------------------------------------------------------------------------
+
+def fake_venv(root: Path, spec: HostReleaseSpec, scripts: dict[str, int]) -> Path:
+    """The venv of `spec` under `root` with bin/ holding `scripts` (name -> mode)."""
+    venv = HostLayout(root).app(KEY).venv(spec.build_id)
+    (venv / "bin").mkdir(parents=True)
+    for name, mode in scripts.items():
+        (venv / "bin" / name).write_text("#!/bin/sh\n")
+        (venv / "bin" / name).chmod(mode)
+    return venv
+
+
+def test_process_watchers_one_per_replica_with_the_venv_env_and_their_stop_signal(tmp_path: Path) -> None:
+    from apprelease.host.layout import parse_process_watcher_name
+    from apprelease.host.watchers import process_watchers
+
+    spec = host_spec(env=[{"name": "DATABASE", "value": "x"}], processes={
+        "worker": {"command": ["celery", "-A", "proj", "worker"], "replicas": 2, "stopSignal": "QUIT",
+                   "gracefulTimeoutSeconds": 12},
+        "beat": {"command": ["python", "-m", "proj.beat"]},
+    })
+    venv = fake_venv(tmp_path, spec, {"celery": 0o755, "python": 0o755})
+    watchers = process_watchers(HostLayout(tmp_path), KEY, spec)
+    assert [w.name for w in watchers] == [f"ar_{KEY}_{spec.revision}_{i}" for i in ("beat-0", "worker-0", "worker-1")]
+    assert [parse_process_watcher_name(w.name) for w in watchers][1] == (KEY, spec.revision, "worker-0")
+    beat, worker0, worker1 = watchers
+    assert beat.argv == (str(venv / "bin" / "python"), "-m", "proj.beat")
+    # a console script is run as a file by the venv's interpreter: no shebang, no PATH lookup
+    assert worker0.argv == (str(venv / "bin" / "python"), str(venv / "bin" / "celery"), "-A", "proj", "worker")
+    assert (worker0.stop_signal, worker0.graceful_timeout) == (int(signal.SIGQUIT), 12)
+    assert (beat.stop_signal, beat.graceful_timeout) == (int(signal.SIGTERM), 30)
+    assert worker1.env["APPRELEASE_REPLICA"] == "1" and worker1.env["APPRELEASE_PROCESS"] == "worker"
+    assert worker1.env["DATABASE"] == "x" and worker1.env["PATH"].startswith(f"{venv / 'bin'}:")
+    assert (worker1.user, worker1.group, worker1.cwd) == ("web", "web", venv.parent)
+    assert worker1.stderr_log.name == f"{spec.revision}.worker-1.stderr.log"
+
+
+def test_a_program_the_venv_lacks_is_refused_naming_the_field_and_what_is_there(tmp_path: Path) -> None:
+    from apprelease.host.watchers import ProgramNotFound, process_watchers
+
+    spec = host_spec(processes={"worker": {"command": ["celery", "worker"]}})
+    fake_venv(tmp_path, spec, {"gunicorn": 0o755, "python": 0o755, "activate": 0o644})
+    with pytest.raises(ProgramNotFound) as info:
+        process_watchers(HostLayout(tmp_path), KEY, spec)
+    assert str(info.value) == ("processes.worker.command[0]: 'celery' is not a program in the release's venv bin/ "
+                               "(it has: gunicorn, python); add the package that provides it to source.requirements")

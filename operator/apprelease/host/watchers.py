@@ -10,6 +10,7 @@ is put together. Only `program_argv` looks at the disk (is the program in the ve
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ def program_argv(venv: Path, command: Sequence[str], field: str) -> tuple[str, .
         return (str(python), *command[1:])
     program = venv / "bin" / command[0]
     if "/" in command[0] or not program.is_file():
-        found = sorted(p.name for p in (venv / "bin").iterdir() if p.is_file() and not p.name.startswith("activate"))
+        found = sorted(p.name for p in (venv / "bin").iterdir() if p.is_file() and os.access(p, os.X_OK))
         raise ProgramNotFound(
             f"{field}[0]: {command[0]!r} is not a program in the release's venv bin/ "
             f"(it has: {', '.join(found[:30]) or 'nothing'}); add the package that provides it to source.requirements"
