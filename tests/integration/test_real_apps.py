@@ -20,7 +20,6 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ import pytest
 from apprelease.host import core, plan
 from apprelease.host.layout import app_key, watcher_name
 from support.hosts import SERVER_NAME, release_for, running_host
-from support.load import LoadProcess
+from support.load import rotate_under_load
 from support.nginx import free_port, http_get
 from support.pypi import GUNICORN_EXTRA, GUNICORN_MATRIX
 
@@ -80,18 +79,12 @@ def test_gunicorn_version_deploys_and_rotates_under_load(host, real_index, port,
     assert release_record(host, first)["gunicorn"] == gunicorn
     argv = running_argv(host, first.status.serving_revision)
     assert ("--no-control-socket" in argv) == (tuple(map(int, gunicorn.split(".")[:2])) >= (25, 1)), argv
-    load = LoadProcess(port, host_header=SERVER_NAME, expect=["1.0.0"], max_seconds=120)
-    try:
-        time.sleep(1)
-        for rotation in range(1, ROTATIONS + 1):
-            assert plan.SWITCH in deploy(rotation).plan.kinds()
-        time.sleep(0.5)
-        tally = load.finish()
-    finally:
-        load.kill()
-    failed = tally["errors"] + tally["badStatus"]
-    print(f"\ngunicorn {gunicorn}: {ROTATIONS} rotations, {tally['ok'] + failed} requests "
-          f"({tally['byKind'].get('slow', 0)} of 2 s), {failed} failed")
+
+    def rotate(rotation: int) -> None:
+        assert plan.SWITCH in deploy(rotation).plan.kinds()
+
+    tally = rotate_under_load(port, rotate, ROTATIONS, label=f"gunicorn {gunicorn}", host_header=SERVER_NAME,
+                              expect=["1.0.0"], max_seconds=120)
     assert_no_failures(tally)
     assert tally["byKind"].get("slow", 0) >= ROTATIONS and tally["byKind"].get("post", 0) > 50, tally
 
@@ -168,28 +161,21 @@ def test_fastapi_on_uvicorn_workers_rotates_under_load_and_finishes_streams(host
     argv = running_argv(host, first.status.serving_revision)
     assert argv[argv.index("--worker-class") + 1] == "uvicorn_worker.UvicornWorker" and "--threads" not in argv
     assert "--no-control-socket" not in argv  # gunicorn 23 does not know it
-    load = LoadProcess(port, host_header=SERVER_NAME, expect=versions, max_seconds=180)
     streams: list[tuple[Stream, str]] = []
-    try:
-        time.sleep(1)
-        for rotation in range(1, ROTATIONS + 1):
-            old, new = versions[(rotation - 1) % 2], versions[rotation % 2]
-            stream = Stream(port, seconds=4)
-            stream.start()
-            assert stream.started.wait(10), "the stream did not start"
-            result = deploy(new)
-            assert plan.SWITCH in result.plan.kinds()
-            streams.append((stream, old))
-        for stream, _ in streams:
-            stream.join(timeout=30)
-        time.sleep(0.5)
-        tally = load.finish()
-    finally:
-        load.kill()
-    failed = tally["errors"] + tally["badStatus"]
-    print(f"\nfastapi-app on uvicorn-worker: {ROTATIONS} rotations, {tally['ok'] + failed} requests "
-          f"({tally['byKind'].get('slow', 0)} of 2 s), {len(streams)} streams of 4 s finished on the old revision, "
-          f"{failed} failed")
+
+    def rotate(rotation: int) -> None:
+        old, new = versions[(rotation - 1) % 2], versions[rotation % 2]
+        stream = Stream(port, seconds=4)  # started on the old revision, must finish there
+        stream.start()
+        assert stream.started.wait(10), "the stream did not start"
+        assert plan.SWITCH in deploy(new).plan.kinds()
+        streams.append((stream, old))
+
+    tally = rotate_under_load(port, rotate, ROTATIONS, label="fastapi-app on uvicorn-worker", host_header=SERVER_NAME,
+                              expect=versions, max_seconds=180)
+    for stream, _ in streams:
+        stream.join(timeout=30)
+    print(f"{len(streams)} streams of 4 s finished on the old revision")
     for stream, old in streams:
         stream.check_finished_on(old)
     assert_no_failures(tally)

@@ -21,7 +21,6 @@ import json
 import os
 import pwd
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from apprelease.host import core, plan
 from apprelease.host.layout import app_key, process_watcher_name, watcher_name
 from support.cluster import wait_for
 from support.hosts import SERVER_NAME, release_for, running_host
-from support.load import LoadProcess
+from support.load import rotate_under_load
 from support.nginx import free_port, http_get
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -214,20 +213,15 @@ def test_django_rotates_under_load_with_migrations_and_workers(short_tmp, real_i
     with running_host(short_tmp / "host-a") as host:
         ready(host, django(real_index.url, versions[0], port, data_dir, release={"command": MIGRATE},
                            processes=WORKER))
-        load = LoadProcess(port, host_header=SERVER_NAME, expect=versions, max_seconds=240)
-        try:
-            time.sleep(1)
-            for rotation in range(1, rotations + 1):
-                # A new revision each time (ROTATION), so each runs its migrations and moves its workers.
-                result = ready(host, django(real_index.url, versions[rotation % 2], port, data_dir,
-                                            release={"command": MIGRATE}, processes=WORKER, rotation=rotation))
-                assert plan.RUN_RELEASE in result.plan.kinds() and plan.SWITCH in result.plan.kinds()
-            time.sleep(0.5)
-            tally = load.finish()
-        finally:
-            load.kill()
+
+        def rotate(rotation: int) -> None:
+            # A new revision each time (ROTATION), so each runs its migrations and moves its workers.
+            result = ready(host, django(real_index.url, versions[rotation % 2], port, data_dir,
+                                        release={"command": MIGRATE}, processes=WORKER, rotation=rotation))
+            assert plan.RUN_RELEASE in result.plan.kinds() and plan.SWITCH in result.plan.kinds()
+
+        tally = rotate_under_load(port, rotate, rotations, label="django-app with migrate + 2 workers",
+                                  host_header=SERVER_NAME, expect=versions, max_seconds=240)
     failed_requests = tally["errors"] + tally["badStatus"]
-    print(f"\ndjango-app with migrate + 2 workers: {rotations} rotations, {tally['ok'] + failed_requests} requests "
-          f"({tally['byKind'].get('slow', 0)} of 2 s), {failed_requests} failed")
     assert failed_requests == 0, tally["failures"]
     assert set(tally["versions"]) == set(versions)

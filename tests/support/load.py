@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +188,25 @@ def finish(loads: list[LoadProcess]) -> list[dict]:
     finally:
         for load in loads:
             load.kill()
+
+
+def rotate_under_load(port: int, rotate: Callable[[int], object], rotations: int, *, label: str,
+                      host_header: str, expect: list[str], **options) -> dict:
+    """Call `rotate(1..rotations)` while a load process hits nginx; its tally, after printing one
+    line of numbers (`label`: rotations, requests, failures) for the README."""
+    load = LoadProcess(port, host_header=host_header, expect=expect, **options)
+    try:
+        time.sleep(1)
+        for rotation in range(1, rotations + 1):
+            rotate(rotation)
+        time.sleep(0.5)
+        tally = load.finish()
+    finally:
+        load.kill()
+    failed = tally["errors"] + tally["badStatus"]
+    print(f"\n{label}: {rotations} rotations, {tally['ok'] + failed} requests "
+          f"({tally['byKind'].get('slow', 0)} of 2 s), {failed} failed")
+    return tally
 
 
 def assert_no_failed_requests(tallies: list[dict]) -> None:
