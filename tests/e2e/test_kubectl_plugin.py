@@ -16,7 +16,8 @@ The plugin runs as kubectl runs it: the built kubectl with the venv's bin on PAT
 - `logs`: a ServiceAccount bound to `apprelease-view` in the namespace reads both hosts'
   logs; one bound in another namespace is refused by the agent (403, its SubjectAccessReview),
   a bad token gets 401, a wrong certificate digest is never sent a token; `-f` streams a new
-  access-log line written after it started.
+  access-log line written after it started; `--process release` shows the release command's
+  output from each host, `--process ticker-0` a process type's, and status shows `ticker 1/1`.
 Times are printed with each step.
 """
 
@@ -349,3 +350,26 @@ def test_logs_follow_streams_a_new_line(story, readers):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_logs_of_the_release_command_and_of_a_process_type(story, readers):
+    doc = story.manifest("2.0.0", env="with-processes")
+    doc["spec"]["release"] = {"command": ["python", "-m", "timeit", "-n", "1", "-r", "1", "pass"], "runOn": "everyHost"}
+    # Any long-running program of the venv will do as a worker; unbuffered, so its line is written at once.
+    doc["spec"]["processes"] = {"ticker": {"command": ["python", "-m", "http.server", "--bind", "127.0.0.1", "0"]}}
+    doc["spec"]["env"].append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    story.apply(doc)
+    wait_for(lambda: [h.get("processes") for h in (story.app_release().get("status") or {}).get("hosts", [])]
+             == ["ticker 1/1", "ticker 1/1"], 240,
+             lambda: json.dumps((story.app_release().get("status") or {}).get("hosts"), indent=1))
+    _, kubeconfig = readers["reader"]
+    release = story.plugin("logs", APP, "--process", "release", kubeconfig=kubeconfig, timeout=60)
+    print(f"$ kubectl apprelease logs {APP} --process release\n{release.stdout}{release.stderr}")
+    assert release.returncode == 0, release.stderr
+    assert {line.split("]")[0] + "]" for line in release.stdout.splitlines() if "loop" in line} == {
+        f"[{HOST_A}]", f"[{HOST_B}]"}, release.stdout  # timeit's "1 loop, best of 1: ..." from both hosts
+    ticker = story.plugin("logs", APP, "--process", "ticker-0", "--host", HOST_A, kubeconfig=kubeconfig, timeout=60)
+    print(f"$ kubectl apprelease logs {APP} --process ticker-0 --host {HOST_A}\n{ticker.stdout}{ticker.stderr}")
+    assert ticker.returncode == 0 and "Serving HTTP on 127.0.0.1 port" in ticker.stdout, ticker
+    bad = story.plugin("logs", APP, "--process", "ticker", kubeconfig=kubeconfig, timeout=60)
+    assert bad.returncode != 0 and "process: 'ticker' is not 'release' or a process type replica" in bad.stderr, bad

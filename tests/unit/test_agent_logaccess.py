@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import ssl
 
+from pathlib import Path
+
 import pytest
 
 from apprelease.agent import logaccess, logserver
@@ -32,6 +34,9 @@ QUERIES = [
     pytest.param({**OK, "tail": "-2"}, "tail must be -1 (all) or 0..", id="tail-below-minus-one"),
     pytest.param({**OK, "tail": "100001"}, "tail must be", id="tail-too-large"),
     pytest.param({**OK, "follow": "yes"}, "follow must be true or false", id="follow-not-boolean"),
+    pytest.param({**OK, "process": "../x"}, "process: '../x' is not 'release'", id="process-with-a-path"),
+    pytest.param({**OK, "process": "worker"}, "process: 'worker' is not", id="process-without-replica"),
+    pytest.param({**OK, "process": "worker-0/../../y"}, "process:", id="process-replica-with-a-path"),
 ]
 
 
@@ -47,6 +52,22 @@ def test_a_good_query():
         "shop", "webxample", "r0123456789a", 10, True)
     assert query.for_node("host-a") == "webxample-host-a"
     assert logaccess.parse_query(OK).tail == -1 and not logaccess.parse_query(OK).follow
+    assert logaccess.parse_query(OK).process is None
+
+
+@pytest.mark.parametrize(("process", "names"), [
+    (None, ["r1.stderr.log", "r1.stdout.log"]),
+    ("release", ["r1.release.log"]),
+    ("worker-3", ["r1.worker-3.stderr.log", "r1.worker-3.stdout.log"]),
+])
+def test_a_process_reads_its_own_files_under_the_app_logs(process, names):
+    from apprelease.agent.logserver import log_files
+    from apprelease.host.layout import AppPaths
+
+    paths = AppPaths(Path("/root/apps/shop_webxample"))
+    query = logaccess.parse_query({**OK, **({"process": process} if process else {})})
+    files = log_files(paths, "r1", query.process)
+    assert [f.name for f in files] == names and all(f.parent == paths.logs for f in files)
 
 
 @pytest.mark.parametrize(("header", "token"), [("Bearer abc", "abc"), ("bearer abc", "abc"), ("Basic abc", None),

@@ -1,7 +1,8 @@
 """Who may read which app's logs from this agent, decided like the kubelet decides `pods/log`. Pure.
 
 Called by `agent/logserver.py` for every request to `/logs`. A request names a namespace,
-an app, optionally a revision, `tail` and `follow`; it carries the caller's bearer token.
+an app, optionally a revision and a process (`release`, or a replica such as `worker-0`),
+`tail` and `follow`; it carries the caller's bearer token.
 The server asks the apiserver two questions and this module builds them and reads the
 answers:
 
@@ -18,6 +19,7 @@ can only ever name files under `apps/<namespace>_<app>/logs/` of this host.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,10 @@ class BadRequest(ValueError):
     """The query cannot be served as asked; the message says which parameter and why."""
 
 
+RELEASE_PROCESS = "release"  # `process=release`: the revision's release command output
+_INSTANCE = re.compile(rf"({rules.PROCESS_NAME.pattern[1:-1]})-([0-9]{{1,2}})")
+
+
 @dataclass(frozen=True)
 class LogQuery:
     namespace: str
@@ -40,6 +46,7 @@ class LogQuery:
     revision: str | None
     tail: int  # -1: everything the current files hold
     follow: bool
+    process: str | None = None  # None: the web server; "release"; or a process-type replica, "worker-0"
 
     def for_node(self, node: str) -> str:
         """The HostRelease this query is about on `node`: what RBAC is asked about."""
@@ -70,8 +77,12 @@ def parse_query(params: Mapping[str, str]) -> LogQuery:
     follow = params.get("follow", "false").lower()
     if follow not in ("true", "false", "1", "0"):
         raise BadRequest("follow must be true or false")
+    process = params.get("process") or None
+    if process is not None and process != RELEASE_PROCESS and not _INSTANCE.fullmatch(process):
+        raise BadRequest(f"process: {process!r} is not {RELEASE_PROCESS!r} or a process type replica such as worker-0")
     return LogQuery(namespace=_label(params, "namespace") or "", app=_label(params, "app") or "",
-                    revision=_label(params, "revision", required=False), tail=tail, follow=follow in ("true", "1"))
+                    revision=_label(params, "revision", required=False), tail=tail, follow=follow in ("true", "1"),
+                    process=process)
 
 
 def bearer_token(authorization: str | None) -> str | None:

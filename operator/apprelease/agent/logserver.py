@@ -47,7 +47,7 @@ from cryptography.x509.oid import NameOID
 
 from ..api.models import LogEndpoint
 from ..host import core
-from ..host.layout import HostLayout, app_key
+from ..host.layout import AppPaths, HostLayout, app_key
 from . import logaccess
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,14 @@ STREAMS = ("stderr", "stdout")  # gunicorn's own log and tracebacks first, then 
 
 
 # ----- the certificate
+
+
+def log_files(paths: AppPaths, revision: str, process: str | None) -> list[Path]:
+    """The files a query reads: the web server's streams, a replica's, or the release command's output."""
+    if process == logaccess.RELEASE_PROCESS:
+        return [paths.release_command_log(revision)]
+    name = revision if process is None else f"{revision}.{process}"
+    return [paths.log_file(name, stream) for stream in STREAMS]
 
 
 def ensure_certificate(directory: Path, node: str, host: str) -> tuple[Path, Path, str]:
@@ -232,17 +240,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         log.info("logs: %s reads %s/%s revision %s (tail %d%s)", user.name, query.namespace, query.app, revision,
                  query.tail, ", following" if query.follow else "")
-        self._serve(paths.log_file, revision, query)
+        self._serve(log_files(paths, revision, query.process), query)
 
-    def _serve(self, log_file: Callable[[str, str], Path], revision: str, query: logaccess.LogQuery) -> None:
+    def _serve(self, files: list[Path], query: logaccess.LogQuery) -> None:
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Connection", "close")  # the body ends when the connection does
         self.end_headers()
         followers = []
         try:
-            for stream in STREAMS:
-                path = log_file(revision, stream)
+            for path in files:
                 lines, inode, offset = tail_lines(path, query.tail)
                 self.wfile.writelines(lines)
                 followers.append(Follower(path, inode, offset))

@@ -4,7 +4,7 @@
     kubectl apprelease history NAME                        revisions, when served, where still on disk
     kubectl apprelease undo NAME [--to-revision R] [--force]
     kubectl apprelease diff -f FILE                        what applying FILE does on each host
-    kubectl apprelease logs NAME [--host H] [--revision R] [-f] [--tail N]
+    kubectl apprelease logs NAME [--host H] [--revision R] [--process release|worker-0] [-f] [--tail N]
     kubectl apprelease restart|pause|resume NAME
 
 Flags as kubectl's: --kubeconfig, --context, -n/--namespace (default: the context's), and
@@ -253,7 +253,7 @@ def cmd_logs(ctx: Context) -> int:
             continue
         targets.append(logclient.Target(node=views.node_of(hr), url=endpoint.url, cert_sha256=endpoint.cert_sha256))
     query = logclient.Query(namespace=ctx.api.namespace, app=args.name, revision=args.revision, tail=args.tail,
-                            follow=args.follow)
+                            follow=args.follow, process=args.process)
     prefix = args.prefix or len(targets) > 1
     lines: queue.Queue[tuple[str, str | None, str | None]] = queue.Queue()
 
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("name")
     logs.add_argument("--host", help="one host (Node name)")
     logs.add_argument("--revision", help="a revision (default: the one each host serves)")
+    logs.add_argument("--process", help="release (the release command's output) or a process type replica such as "
+                                        "worker-0 (default: the web server)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep streaming new lines")
     logs.add_argument("--tail", type=int, default=-1, help="lines of recent log to show (default all; -1: all)")
     logs.add_argument("--prefix", action="store_true", help="prefix each line with its host (always with several)")

@@ -38,12 +38,15 @@ class Query:
     revision: str | None = None
     tail: int = -1
     follow: bool = False
+    process: str | None = None  # "release", or a process-type replica such as "worker-0"
 
     def path(self) -> str:
         params = {"namespace": self.namespace, "app": self.app, "tail": str(self.tail),
                   "follow": "true" if self.follow else "false"}
         if self.revision:
             params["revision"] = self.revision
+        if self.process:
+            params["process"] = self.process
         return "/logs?" + urlencode(params)
 
 
