@@ -6,9 +6,10 @@ wheel once into a cache (`fetch_registry_wheels`), and serve both as a PEP 503 "
 index over HTTP on 127.0.0.1 (`LocalIndex`), which logs every request so a test can tell
 whether a build downloaded anything. `start_webxample_index` does all three; the session
 fixture `package_index` wraps it for pytest. `start_real_index` serves real releases (gunicorn
-20.1 to the newest, FastAPI + uvicorn + uvicorn-worker, Django; `REAL_REQUIREMENT_SETS`, fetched
-once into the same cache) with the example apps built against them (`examples/fastapi-app`,
-`examples/django-app`, webxample without its gunicorn pin): the session fixture `real_index`.
+20.1 to the newest, FastAPI + uvicorn + uvicorn-worker, Django, Celery with redis-py;
+`REAL_REQUIREMENT_SETS`, fetched once into the same cache) with the example apps built against
+them (`examples/fastapi-app`, `examples/django-app`, `examples/celery-app`, webxample without
+its gunicorn pin): the session fixture `real_index`.
 Nothing but the fixtures needs pytest, so the demo script (`hack/`) can use the same functions.
 """
 
@@ -39,6 +40,7 @@ DEFAULT_WHEEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cach
 WEBXAMPLE_VERSIONS = ("1.0.0", "2.0.0", "3.0.0")
 FASTAPI_SOURCE = REPO / "examples" / "fastapi-app"
 DJANGO_SOURCE = REPO / "examples" / "django-app"
+CELERY_SOURCE = REPO / "examples" / "celery-app"
 
 # Real releases from the registry for the real-app tests (`start_real_index`), downloaded once
 # into the wheel cache and reused offline after that. Each set is resolved on its own: one pip
@@ -49,10 +51,14 @@ GUNICORN_MATRIX = ("20.1.0", "21.2.0", "22.0.0", "23.0.0", "27.0.1")
 GUNICORN_EXTRA = {"20.1.0": ("setuptools<82",)}
 FASTAPI_REQUIREMENTS = ("fastapi==0.165.0", "uvicorn==0.54.0", "uvicorn-worker==0.4.0", "gunicorn==23.0.0")
 DJANGO_REQUIREMENTS = ("Django==5.2.19", "gunicorn==23.0.0")
+# redis-py needs async-timeout on Pythons before 3.11.3 (Debian 12's is 3.11.2), which the
+# downloading interpreter may not be: fetched explicitly so the hosts' resolution finds it.
+CELERY_REQUIREMENTS = ("celery[redis]==5.7.0", "async-timeout==5.0.1", "gunicorn==23.0.0")
 REAL_REQUIREMENT_SETS: tuple[tuple[str, ...], ...] = (
     *((f"gunicorn=={version}", *GUNICORN_EXTRA.get(version, ())) for version in GUNICORN_MATRIX),
     FASTAPI_REQUIREMENTS,
     DJANGO_REQUIREMENTS,
+    CELERY_REQUIREMENTS,
 )
 
 _SOURCE_VERSION = re.compile(r'^__version__ = "([^"]+)"$', re.MULTILINE)
@@ -392,6 +398,7 @@ def start_real_index(
         wheels[f"fastapi-app-{version}"] = build_example_wheel(FASTAPI_SOURCE, version, directory)
     for version in ("1.0.0", "2.0.0"):
         wheels[f"django-app-{version}"] = build_example_wheel(DJANGO_SOURCE, version, directory)
+        wheels[f"celery-app-{version}"] = build_example_wheel(CELERY_SOURCE, version, directory)
     return RealIndex(index=LocalIndex(directory, port).start(), wheels=wheels)
 
 
