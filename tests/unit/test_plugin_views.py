@@ -340,3 +340,15 @@ def test_operator_keeps_each_completed_revision_template():
     second = done(V2, again, 2)
     assert [h.template["version"] for h in second.history] == ["1.0.0", "2.0.0"]
     assert "hosts" not in second.history[1].template and "user" not in second.history[1].template
+
+
+def test_diff_shows_the_release_command_on_the_first_host_only_and_then_the_others():
+    migrating = app_model("2.0.0", extra={"release": {"command": ["python", "-m", "webxample.migrate"]},
+                                          "processes": {"worker": {"command": ["python", "-m", "w"], "replicas": 2}},
+                                          "strategy": {"maxUnavailable": 2}})
+    hrs = [hr_obj(n, V1, serving=V1, retained=(V1,)) for n in ("a", "b")]
+    rows = {r.node: r for r in views.diff_rows(migrating, ["a", "b"], hrs)}
+    assert "run-release-command" in " ".join(rows["a"].plan) and "start-processes" in " ".join(rows["a"].plan)
+    assert "run-release-command" not in " ".join(rows["b"].plan)
+    # The first host's release command gates the rest, whatever maxUnavailable allows.
+    assert rows["a"].when == "first batch" and rows["b"].when == "after earlier hosts"

@@ -39,7 +39,7 @@ from .layout import (
     app_key,
     parse_process_watcher_name,
     parse_watcher_name,
-    process_instance,
+    process_instances,
     process_watcher_name,
     watcher_name,
 )
@@ -188,7 +188,7 @@ def process_statuses(supervisor: Supervisor, key: str, spec: HostReleaseSpec, se
 
 
 def desired_instances(spec: HostReleaseSpec) -> frozenset[str]:
-    return frozenset(process_instance(name, i) for name, p in spec.processes.items() for i in range(p.replicas))
+    return process_instances({name: p.replicas for name, p in spec.processes.items()})
 
 
 def health_failure_message(revision: str, version: str, result: health.HealthResult, output: str) -> str:

@@ -20,6 +20,7 @@ Pure path arithmetic: nothing here touches the filesystem.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def app_of_watcher(name: str) -> str | None:
 def process_instance(process: str, index: int) -> str:
     """One replica of a process type: `worker-0`; process type names hold no '-' or '_'."""
     return f"{process}-{index}"
+
+
+def process_instances(replicas: Mapping[str, int]) -> frozenset[str]:
+    """Every replica of every process type: {"worker": 2} -> {"worker-0", "worker-1"}."""
+    return frozenset(process_instance(name, i) for name, count in replicas.items() for i in range(count))
 
 
 def process_watcher_name(key: str, revision: str, instance: str) -> str:

@@ -50,6 +50,7 @@ from ..api.models import (
 )
 from ..controller import plan as rollout_plan
 from ..host import plan as host_plan
+from ..host.layout import process_instances
 
 Obj = Mapping[str, Any]
 
@@ -418,7 +419,7 @@ def argocd_advice(app: Obj, tracking: Tracking, target: RetainedRelease, applica
         lines.append(f"  # repository {repo}, path {path}")
     if synced and len(deployed) >= 2 and deployed[-1] == synced:
         lines.append(f"  git log --oneline {deployed[-2][:12]}..{synced[:12]} -- {path}")
-        lines.append(f"  git revert --no-edit <each commit listed, newest first> && git push")
+        lines.append("  git revert --no-edit <each commit listed, newest first> && git push")
     elif synced:
         lines.append(f"  git log --oneline -- {path}        # Argo CD synced {synced[:12]}")
         lines.append("  git revert --no-edit <the commit that changed the AppRelease> && git push")
@@ -481,13 +482,21 @@ def host_work(desired: HostReleaseSpec, current: HostReleaseSpec | None, status:
     serving = status.serving_revision
     applied_site = _proxy_key(current) if current is not None else None
     failed = current.revision if (current is not None and observed and status.phase == "Failed") else None
+    instances = process_instances({name: p.replicas for name, p in desired.processes.items()})
+    ran = status.release_command
     observed_host = host_plan.Observed(
         releases=frozenset(status.retained_build_ids) | ({status.serving_build_id} if status.serving_build_id else set()),
         current_build=status.serving_build_id, live_revision=serving,
         running=frozenset({serving}) if serving else frozenset(), site=applied_site, failed_revision=failed,
+        # What status shows of the release command and process types: the agent knows more.
+        released=frozenset(e.revision for e in status.history) | ({ran.revision} if ran and ran.exit_code == 0 else set()),
+        processes=frozenset((serving, i) for i in instances) if serving == desired.revision else frozenset(),
+        process_revisions=frozenset({serving}) if serving and status.processes else frozenset(),
     )
     wanted = host_plan.Desired(build_id=desired.build_id, revision=desired.revision, user=desired.user,
-                               site=_proxy_key(desired))
+                               site=_proxy_key(desired),
+                               release_command=desired.release is not None and bool(desired.run_release_command),
+                               processes=instances)
     the_plan = host_plan.plan_release(wanted, observed_host)
     kinds = the_plan.kinds()
     steps = tuple(str(a) for a in the_plan.actions)
