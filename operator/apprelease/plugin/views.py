@@ -483,7 +483,8 @@ def host_work(desired: HostReleaseSpec, current: HostReleaseSpec | None, status:
     failed = current.revision if (current is not None and observed and status.phase == "Failed") else None
     observed_host = host_plan.Observed(
         releases=frozenset(status.retained_build_ids) | ({status.serving_build_id} if status.serving_build_id else set()),
-        current_build=status.serving_build_id, live_revision=serving,
+        # On a settled host static-live names the serving build, as `current` does.
+        current_build=status.serving_build_id, static_live=status.serving_build_id, live_revision=serving,
         running=frozenset({serving}) if serving else frozenset(), site=applied_site, failed_revision=failed,
     )
     wanted = host_plan.Desired(build_id=desired.build_id, revision=desired.revision, user=desired.user,
