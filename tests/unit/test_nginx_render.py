@@ -6,7 +6,7 @@ Covers:
   proxy_next_upstream never retrying non-idempotent requests;
 - TLS on and off; static locations: a regex location per prefix (longest first, '.' written
   `[.]`) trying static-live/site-packages/<dir>/ then static-previous/... under the app's
-  directory, then 404;
+  directory, then 404, retried once in a named location, static-previous first;
 - defensive checks: hostile values bypassing the models are refused with SiteConfigError;
 - the main config: user, pid/logs/temp under the prefix, includes, worker_shutdown_timeout,
   catch-all default servers;
@@ -150,12 +150,22 @@ def test_static_locations_try_the_live_then_the_previous_build() -> None:
     server = server_of(render_site(site_inputs(LAYOUT, KEY, spec)))
     locations = {tuple(loc.args): loc for loc in server.find("location")}
     static, media = ("~", "^/static/(?<asset>.*)$"), ("~", "^/media/img/(?<asset>.*)$")
-    assert set(locations) == {static, media, ("/",)}
-    assert [s.name for s in locations[static].block] == ["root", "try_files"]
+    assert set(locations) == {static, media, ("@static1",), ("@static2",), ("/",)}
+    assert [s.name for s in locations[static].block] == ["root", "try_files", "error_page"]
     assert one(locations[static], "root").args == [f"{ROOT}/apps/{KEY}"]
     assert one(locations[static], "try_files").args == [
         "/static-live/site-packages/webxample/static/$asset",
         "/static-previous/site-packages/webxample/static/$asset",
+        "=404",
+    ]
+    # A 404 (a link renamed between try_files and the open) is tried once more, static-previous first.
+    retry = one(locations[static], "error_page").args
+    assert retry[:2] == ["404", "="] and retry[2] in ("@static1", "@static2")
+    assert [s.name for s in locations[retry[2],].block] == ["root", "try_files"]
+    assert one(locations[retry[2],], "root").args == [f"{ROOT}/apps/{KEY}"]
+    assert one(locations[retry[2],], "try_files").args == [
+        "/static-previous/site-packages/webxample/static/$asset",
+        "/static-live/site-packages/webxample/static/$asset",
         "=404",
     ]
     assert one(locations[media], "try_files").args[0] == "/static-live/site-packages/webxample/media/img/$asset"
@@ -449,7 +459,8 @@ def assert_exact_statements(spec: models.Proxy, text: str, tls_files: tuple[Path
         assert one(server, "ssl_certificate").args == [str(tls_files[0])]
         assert one(server, "ssl_certificate_key").args == [str(tls_files[1])]
     locations = server.find("location")
-    assert len(locations) == 1 + len(spec.static)
+    assert len(locations) == 1 + 2 * len(spec.static)
+    named = {loc.args[0]: loc for loc in locations if loc.args[0].startswith("@")}
     by_length = sorted(spec.static, key=lambda s: -len(s.url_path))
     expected_static = [
         (["~", "^" + s.url_path.replace(".", "[.]") + "(?<asset>.*)$"], [f"{ROOT}/apps/{KEY}"],
@@ -457,11 +468,16 @@ def assert_exact_statements(spec: models.Proxy, text: str, tls_files: tuple[Path
           "=404"])
         for s in by_length
     ]
-    static = [(loc.args, one(loc, "root").args, one(loc, "try_files").args) for loc in locations if loc.args != ["/"]]
+    regex = [loc for loc in locations if loc.args[0] == "~"]
+    static = [(loc.args, one(loc, "root").args, one(loc, "try_files").args) for loc in regex]
     assert static == expected_static
-    for loc in locations:
-        if loc.args != ["/"]:
-            assert [s.name for s in loc.block] == ["root", "try_files"]
+    for loc in regex:
+        assert [s.name for s in loc.block] == ["root", "try_files", "error_page"]
+        retry = named.pop(one(loc, "error_page").args[2])
+        assert one(retry, "root").args == one(loc, "root").args
+        tried = one(loc, "try_files").args
+        assert one(retry, "try_files").args == [tried[1], tried[0], "=404"]
+    assert not named  # one retry per static location, no other
     assert {s.name for s in app_location(server).block} == APP_LOCATION_DIRECTIVES
     # Only the one constant header value is quoted; nothing from the spec ever is.
     quoted = [a for s in server.walk() for a in s.args if a[:1] in "\"'"]
