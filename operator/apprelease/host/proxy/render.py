@@ -46,7 +46,9 @@ class StaticLocation:
 
     `directories` are relative to `root` (an absolute directory) and, like `url_path`, begin
     and end with '/': the rest of the request's path after `url_path` is appended to each in
-    turn (nginx `try_files`), so the first one with that file answers and none answers 404.
+    turn (nginx `try_files`), so the first one with that file answers. A 404 is tried once
+    more in reverse order (a named location), since a link renamed between nginx's check and
+    its open makes a file that is there a 404 (the template says what was measured).
     """
 
     url_path: str
