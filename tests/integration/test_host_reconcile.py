@@ -1,9 +1,12 @@
 """The host agent end to end on one host: real uv, circusd/supervisord, gunicorn and nginx.
 
 Covers, for both supervisor backends: first deploy served through nginx (static files by
-nginx, not the app); a second reconcile does nothing; zero downtime over 20+ rotations under
-load (keep-alive and fresh connections, GET, POST with a body, 2-second requests that must
-finish on the old revision); a failing revision leaves the old one serving and reports
+nginx from static-live, not the app); a second reconcile does nothing; zero downtime over 20+
+rotations under load (keep-alive and fresh connections, GET, POST with a body, 2-second
+requests that must finish on the old revision); on circus, 20 rotations under page clients
+that fetch a page and at once the hashed asset it names, with no asset 404 (static files
+follow the revision: static-live and static-previous); static links missing on a serving host
+(a host from before them) are pointed again; a failing revision leaves the old one serving and reports
 Failed with the app's log tail, and is not retried in a loop; rollback to a retained
 release performs no build; the progress callback hears each phase of a rotation as its step
 begins (Building with uv's stages, then Starting .. Draining; a rollback never says Building); a proxy-only change re-renders nginx without new workers;
@@ -71,6 +74,9 @@ def test_first_deploy_serves_through_nginx_and_static_from_nginx(host, package_i
     static = http_get(port, "/static/hello.txt", SERVER_NAME)
     assert static.status == 200 and b"1.0.0" in static.body
     assert "x-served-by" not in static.headers  # nginx served it, not the app
+    paths = host.layout.app(KEY)
+    assert os.readlink(paths.static_live) == f"releases/{result.status.serving_build_id}"
+    assert not paths.static_previous.is_symlink()  # nothing served before
     app = http_get(port, "/", SERVER_NAME)
     assert app.headers["x-served-by"] == "webxample/1.0.0"
     # the app runs as its own user, not root
@@ -104,6 +110,55 @@ def test_zero_downtime_over_many_rotations(host, package_index, port):
     assert set(tally["versions"]) == set(versions)
     assert tally["byKind"].get("slow", 0) >= rotations // 2, tally  # 2 s requests completed across rotations
     assert tally["byKind"].get("post", 0) > 100 and tally["ok"] > 1000, tally
+
+
+@pytest.mark.parametrize("backend", ["circus"])  # nginx's part: the supervisor does not matter here
+def test_hashed_assets_never_404_over_rotations_under_load(host, package_index, port):
+    """Pages name assets by a hash of their content (webxample's build writes app.<hash>.css
+    per version); clients fetch a page and at once its asset, as a browser does, while 20
+    rotations alternate two versions. nginx finds the asset of a page rendered by either
+    revision: the new one is in static-live before the switch, the old one stays in
+    static-previous after it."""
+    versions = ["1.0.0", "2.0.0"]
+    deploy(host, package_index, versions[0], port)
+    load = LoadProcess(port, host_header=SERVER_NAME, expect=versions, max_seconds=400,
+                       keepalive=0, fresh=0, fresh_post=0, slow=0, page=4)
+    try:
+        time.sleep(1)
+        rotations = 20
+        for i in range(1, rotations + 1):
+            result = deploy(host, package_index, versions[i % 2], port)
+            assert result.status.phase == "Ready", result.status.message
+            kinds = result.plan.kinds()
+            assert kinds.index(plan.POINT_STATIC_PREVIOUS) < kinds.index(plan.POINT_STATIC) < kinds.index(plan.SWITCH)
+        time.sleep(0.5)
+        tally = load.finish()
+    finally:
+        load.kill()
+    pages, assets = tally["byKind"].get("page", 0), tally["byKind"].get("asset", 0)
+    failed = tally["errors"] + tally["badStatus"]
+    print(f"\nhashed assets under load: {rotations} rotations, {pages} pages + {assets} assets "
+          f"= {pages + assets} requests, {failed} failed ({tally['failedByKind'] or 'none'}) in {tally['seconds']} s")
+    assert failed == 0 and not tally["failedByKind"], tally["failures"]
+    assert set(tally["versions"]) == set(versions)
+    assert assets == pages > 200, tally  # every page's asset was fetched, and found
+    paths = host.layout.app(KEY)
+    builds = {v: release_for(package_index.url, v, port=port).spec.build_id for v in versions}
+    assert os.readlink(paths.static_live) == f"releases/{builds[versions[0]]}"  # rotation 20 served 1.0.0
+    assert os.readlink(paths.static_previous) == f"releases/{builds[versions[1]]}"
+
+
+def test_missing_static_links_are_pointed_again(host, package_index, port):
+    """A host from before the links (or one whose links were lost) serves static files again
+    at the next reconcile, without new workers."""
+    first = deploy(host, package_index, "1.0.0", port)
+    paths = host.layout.app(KEY)
+    paths.static_live.unlink()
+    assert http_get(port, "/static/hello.txt", SERVER_NAME).status == 404
+    again = deploy(host, package_index, "1.0.0", port)
+    assert again.plan.kinds() == [plan.POINT_STATIC], str(again.plan)
+    assert http_get(port, "/static/hello.txt", SERVER_NAME).status == 200
+    assert again.status.serving_revision == first.status.serving_revision
 
 
 def test_failed_health_check_keeps_old_revision_serving(host, package_index, port):

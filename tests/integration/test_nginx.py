@@ -2,8 +2,10 @@
 
 Covers:
 - requests reach the app through run/live.sock with X-Forwarded-* headers; unknown hosts 404;
-- static files come from current/site-packages/... without touching the app, and follow a
-  `current` swap without a reload;
+- static files come from static-live/site-packages/..., else static-previous/..., without
+  touching the app, and follow the links' renames without a reload; no request path
+  ('..', %2e%2e, %2f, '/static/' itself) reaches a file outside the static directory; an
+  asset static-previous holds is served while static-live is renamed back and forth;
 - renaming live.sock to another revision's socket switches the next request, with the
   master and worker pids unchanged (no reload);
 - a config `nginx -t` refuses changes nothing live; a config that passes `-t` but fails to
@@ -16,6 +18,7 @@ Covers:
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -23,6 +26,8 @@ import socket
 import ssl
 import stat
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +89,7 @@ def host() -> Iterator[Host]:
     static = app.release("b1") / "site-packages" / "webxample" / "static"
     static.mkdir(parents=True)
     (static / "hello.txt").write_text("hello from b1\n")
-    app.current.symlink_to("releases/b1")
+    app.static_live.symlink_to("releases/b1")
 
     port, tls_port = free_port(), free_port()
     nginx = Nginx(layout, LocalExecutor(), listen_address="127.0.0.1", binary=NGINX,
@@ -140,24 +145,120 @@ def test_requests_reach_the_live_revision_with_forwarded_headers(host: Host) -> 
     assert http_get(host.port, "/", host="other.test").status == 404
 
 
-def test_static_files_are_served_by_nginx_from_the_current_release(host: Host) -> None:
+def _point(link: Path, build: str) -> None:
+    """What point-static does: a new symlink renamed over the old one."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.symlink_to(f"releases/{build}")
+    os.replace(tmp, link)
+
+
+def test_static_files_are_served_by_nginx_from_static_live_then_static_previous(host: Host) -> None:
     host.nginx.apply_site(KEY, host.site())
     pids = host.pids()
     response = http_get(host.port, "/static/hello.txt")
     assert response.status == 200 and response.body == b"hello from b1\n"
     assert response.headers["content-type"] == "text/plain"
-    assert host.upstreams["rev1"].hits == []
+    assert http_get(host.port, "/static/app.b1.css").status == 404  # not yet in any build
 
-    # A release swap of `current` is followed per request: no reload.
-    static = host.layout.app(KEY).release("b2") / "site-packages" / "webxample" / "static"
-    static.mkdir(parents=True)
-    (static / "hello.txt").write_text("hello from b2\n")
-    tmp = host.layout.app(KEY).base / ".current.tmp"
-    tmp.symlink_to("releases/b2")
-    os.replace(tmp, host.layout.app(KEY).current)
-    assert http_get(host.port, "/static/hello.txt").body == b"hello from b2\n"
+    # A rotation: b2 becomes static-live, b1 static-previous. Followed per request, no reload.
+    app = host.layout.app(KEY)
+    (app.release("b1") / "site-packages/webxample/static/app.b1.css").write_text("b1 {}\n")
+    new = app.release("b2") / "site-packages" / "webxample" / "static"
+    new.mkdir(parents=True)
+    (new / "hello.txt").write_text("hello from b2\n")
+    (new / "app.b2.css").write_text("b2 {}\n")
+    _point(app.static_previous, "b1")
+    _point(app.static_live, "b2")
+    assert http_get(host.port, "/static/hello.txt").body == b"hello from b2\n"  # static-live first
+    old_asset = http_get(host.port, "/static/app.b1.css")  # a page of the old revision still finds its asset
+    assert old_asset.status == 200 and old_asset.body == b"b1 {}\n"
+    assert old_asset.headers["content-type"] == "text/css"
+    assert http_get(host.port, "/static/app.b2.css").body == b"b2 {}\n"
     assert http_get(host.port, "/static/missing.txt").status == 404
     assert host.upstreams["rev1"].hits == [] and host.pids() == pids
+
+    # Only the two links count: once b1 is neither, its assets are gone.
+    _point(app.static_previous, "b2")
+    assert http_get(host.port, "/static/app.b1.css").status == 404
+    assert host.upstreams["rev1"].hits == []
+
+
+SECRET = "s3cret-not-for-clients"
+
+
+@pytest.mark.parametrize("path", [
+    "/static/",
+    "/static/../state.json",
+    "/static/%2e%2e/state.json",
+    "/static/%2E%2E/state.json",
+    "/static/.%2e/state.json",
+    "/static/..%2fstate.json",
+    "/static/%2e%2e%2fstate.json",
+    "/static/./../../state.json",
+    "/static//../state.json",
+    "/static/../static-live/release.json",
+    "/static/%2e%2e/%2e%2e/release.json",
+    "/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/state.json",
+    "/static/..%5c..%5cstate.json",
+    "/static-live/release.json",
+    "/static-live/site-packages/webxample/secret.py",
+    "/static-previous/release.json",
+    "/state.json",
+])
+def test_static_paths_never_reach_a_file_outside_the_static_directory(host: Host, path: str) -> None:
+    """nginx matches locations on the normalized, decoded URI, and the capture comes from it:
+    no form of '..' climbs out of the static directory. Whatever is not a static file goes to
+    the app (which answers for itself) or is refused; a file outside is never sent."""
+    app = host.layout.app(KEY)
+    _point(app.static_previous, "b1")
+    for secret in (app.state_file, app.spec_file, app.release_record("b1"),
+                   app.release("b1") / "site-packages" / "webxample" / "secret.py"):
+        secret.write_text(f"{SECRET}\n")
+    host.nginx.apply_site(KEY, host.site())
+    response = http_get(host.port, path)
+    assert SECRET.encode() not in response.body, (path, response.status)
+    if response.status == 200:
+        assert response.json()["upstream"] == "rev1", path  # the app's answer, not a file
+    else:
+        assert response.status in (400, 403, 404), (path, response.status)
+
+
+def test_an_asset_found_through_a_link_renamed_meanwhile_is_still_served(host: Host) -> None:
+    """try_files finds the file through a link, then the static handler opens that path again:
+    a rename of static-live in between (point-static during a rotation) must not turn an
+    asset that static-previous holds into a 404. Without the site's retry: ~1 % of requests
+    404 while static-live flips as fast as it can."""
+    app = host.layout.app(KEY)
+    for build in ("b1", "b2"):
+        static = app.release(build) / "site-packages" / "webxample" / "static"
+        static.mkdir(parents=True, exist_ok=True)
+        (static / f"app.{build}.css").write_text(f"{build} {{}}\n")
+    _point(app.static_previous, "b1")
+    host.nginx.apply_site(KEY, host.site())
+    stop = threading.Event()
+    results: list[int] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
+        while not stop.is_set():
+            conn.request("GET", "/static/app.b1.css", headers={"Host": HOST})
+            response = conn.getresponse()
+            response.read()
+            results.append(response.status)
+        conn.close()
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    flips = 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        _point(app.static_live, "b2" if flips % 2 == 0 else "b1")
+        flips += 1
+    stop.set()
+    for thread in clients:
+        thread.join()
+    assert len(results) > 100 and all(s == 200 for s in results), sorted(set(results))
 
 
 def test_renaming_live_sock_switches_the_next_request_without_reload(host: Host) -> None:
@@ -319,3 +420,4 @@ def test_a_start_that_cannot_bind_is_reported(host: Host) -> None:
         with pytest.raises(ProxyConfigRejected, match="bind"):
             host.nginx.ensure_running()
     assert host.nginx.master_pid() is None
+

@@ -1,10 +1,12 @@
 """A load generator for zero-downtime tests: a separate process hitting nginx on loopback.
 
-Workers of three kinds run until SIGTERM (then finish their in-flight request) or until
+Workers of four kinds run until SIGTERM (then finish their in-flight request) or until
 `--max-seconds`: keep-alive clients (GET /, POST /echo with a body on one connection), fresh
-connection clients (a new TCP connection per request) and slow clients (/slow, ~2 s each, so
-a request that started on the old revision has to be drained, not cut). Every response that is
-not a 200 from one of the expected app versions, and every socket error, is counted and kept.
+connection clients (a new TCP connection per request), slow clients (/slow, ~2 s each, so
+a request that started on the old revision has to be drained, not cut) and page clients
+(`--page`: GET /page, then at once the hashed stylesheet it names, served by nginx, as a
+browser does). Every response that is not a 200 from one of the expected app versions (for an
+asset: not the file of the page's version), and every socket error, is counted by kind and kept.
 Prints one JSON object on stdout at the end. Loopback only; bounded in time and count.
 
     python load.py --port P --host-header webxample.local --expect 1.0.0 --expect 2.0.0
@@ -17,6 +19,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +32,8 @@ from pathlib import Path
 
 BODY = os.urandom(4096)
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
+# webxample's /page links its stylesheet; the file names the version that built it.
+STYLESHEET = re.compile(rb'<link rel="stylesheet" href="(/[A-Za-z0-9._/-]+)">')
 
 
 @dataclass
@@ -37,16 +42,18 @@ class Tally:
     by_kind: Counter = field(default_factory=Counter)
     versions: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    failed_by_kind: Counter = field(default_factory=Counter)
     errors: int = 0
     bad_status: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def fail(self, what: str, is_error: bool) -> None:
+    def fail(self, what: str, is_error: bool, kind: str) -> None:
         with self.lock:
             if is_error:
                 self.errors += 1
             else:
                 self.bad_status += 1
+            self.failed_by_kind[kind] += 1
             if len(self.failures) < 50:
                 self.failures.append(what)
 
@@ -83,13 +90,41 @@ class Load:
         served_by = resp.getheader("X-Served-By", "")
         version = served_by.partition("/")[2]
         if resp.status != 200:
-            self.tally.fail(f"{kind} {path}: HTTP {resp.status} {data[:200]!r}", False)
+            self.tally.fail(f"{kind} {path}: HTTP {resp.status} {data[:200]!r}", False, kind)
         elif self.args.expect and version not in self.args.expect:
-            self.tally.fail(f"{kind} {path}: served by {served_by!r}, expected {self.args.expect}", False)
+            self.tally.fail(f"{kind} {path}: served by {served_by!r}, expected {self.args.expect}", False, kind)
         elif kind == "post" and BODY_SHA.encode() not in data:
-            self.tally.fail(f"post: body digest not echoed: {data[:200]!r}", False)
+            self.tally.fail(f"post: body digest not echoed: {data[:200]!r}", False, kind)
         else:
             self.tally.good(kind, version)
+
+    def _page_and_asset(self, conn: http.client.HTTPConnection) -> None:
+        """A page, then at once the asset it names, on the same connection: a browser's order.
+        The page comes from the app (through live.sock), the asset from nginx (proxy.static);
+        during a rotation they must still belong to the same release."""
+        headers = {"Host": self.args.host_header}
+        conn.request("GET", "/page", headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        version = resp.getheader("X-Served-By", "").partition("/")[2]
+        found = STYLESHEET.search(data)
+        if resp.status != 200:
+            self.tally.fail(f"page /page: HTTP {resp.status} {data[:200]!r}", False, "page")
+            return
+        if (self.args.expect and version not in self.args.expect) or found is None:
+            self.tally.fail(f"page /page: version {version!r}, expected {self.args.expect}: {data[:200]!r}", False, "page")
+            return
+        self.tally.good("page", version)
+        asset = found.group(1).decode()
+        conn.request("GET", asset, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            self.tally.fail(f"asset {asset} of a {version} page: HTTP {resp.status}", False, "asset")
+        elif f"webxample {version}:".encode() not in data:
+            self.tally.fail(f"asset {asset} of a {version} page is another version's: {data[:100]!r}", False, "asset")
+        else:
+            self.tally.good("asset", version)
 
     def worker(self, kind: str, keepalive: bool) -> None:
         conn = None
@@ -97,9 +132,12 @@ class Load:
             if conn is None:
                 conn = http.client.HTTPConnection(self.args.address, self.args.port, timeout=30)
             try:
-                self._one(conn, kind)
+                if kind == "page":
+                    self._page_and_asset(conn)
+                else:
+                    self._one(conn, kind)
             except (OSError, http.client.HTTPException) as exc:
-                self.tally.fail(f"{kind}: {type(exc).__name__}: {exc}", True)
+                self.tally.fail(f"{kind}: {type(exc).__name__}: {exc}", True, kind)
                 conn.close()
                 conn = None
                 continue
@@ -116,6 +154,7 @@ class Load:
     def run(self) -> dict:
         plan = [("get", True)] * self.args.keepalive + [("get", False)] * self.args.fresh
         plan += [("post", False)] * self.args.fresh_post + [("slow", False)] * self.args.slow
+        plan += [("page", True)] * self.args.page
         threads = [threading.Thread(target=self.worker, args=p, daemon=True) for p in plan]
         started = time.monotonic()
         for t in threads:
@@ -127,6 +166,7 @@ class Load:
         t = self.tally
         return {
             "ok": t.ok, "errors": t.errors, "badStatus": t.bad_status, "byKind": dict(t.by_kind),
+            "failedByKind": dict(t.failed_by_kind),
             "versions": dict(t.versions), "failures": t.failures, "seconds": round(time.monotonic() - started, 2),
         }
 
@@ -142,6 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh-post", type=int, default=2)
     p.add_argument("--slow", type=int, default=2)
     p.add_argument("--slow-seconds", type=float, default=2.0)
+    p.add_argument("--page", type=int, default=0, help="page + hashed asset clients (webxample's /page)")
     p.add_argument("--max-seconds", type=float, default=300)
     p.add_argument("--max-requests", type=int, default=2_000_000)
     return p.parse_args(argv)

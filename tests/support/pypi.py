@@ -133,7 +133,8 @@ def build_example_wheel(
 def build_webxample_wheel(version: str, out_dir: Path, dependencies: Sequence[str] | None = None) -> Path:
     """Build examples/webxample as a wheel at `version` into `out_dir`; return the wheel's path."""
     return build_example_wheel(
-        WEBXAMPLE_SOURCE, version, out_dir, version_files=["webxample/static/hello.txt"], dependencies=dependencies
+        WEBXAMPLE_SOURCE, version, out_dir, version_files=["webxample/static/hello.txt", "webxample/static/app.css"],
+        dependencies=dependencies,
     )
 
 

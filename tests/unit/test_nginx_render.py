@@ -4,7 +4,9 @@ Covers:
 - a site's key directives: listen (address is a host setting), server_name, body size,
   proxy_pass to run/live.sock with no keepalive pool, forwarded headers, buffering, timeouts,
   proxy_next_upstream never retrying non-idempotent requests;
-- TLS on and off; static locations aliased under current/site-packages/ with trailing '/';
+- TLS on and off; static locations: a regex location per prefix (longest first, '.' written
+  `[.]`) trying static-live/site-packages/<dir>/ then static-previous/... under the app's
+  directory, then 404, retried once in a named location, static-previous first;
 - defensive checks: hostile values bypassing the models are refused with SiteConfigError;
 - the main config: user, pid/logs/temp under the prefix, includes, worker_shutdown_timeout,
   catch-all default servers;
@@ -140,18 +142,50 @@ def test_tls_needs_files_and_files_need_tls() -> None:
         site_inputs(LAYOUT, KEY, proxy(), TLS_FILES)
 
 
-def test_static_locations_alias_the_current_release() -> None:
+def test_static_locations_try_the_live_then_the_previous_build() -> None:
     spec = proxy(static=[
         {"urlPath": "/static/", "directory": "webxample/static"},
         {"urlPath": "/media/img/", "directory": "webxample/media/img"},
     ])
     server = server_of(render_site(site_inputs(LAYOUT, KEY, spec)))
     locations = {tuple(loc.args): loc for loc in server.find("location")}
-    assert set(locations) == {("^~", "/static/"), ("^~", "/media/img/"), ("/",)}
-    site_packages = f"{ROOT}/apps/{KEY}/current/site-packages"
-    assert [s.name for s in locations["^~", "/static/"].block] == ["alias"]
-    assert one(locations["^~", "/static/"], "alias").args == [f"{site_packages}/webxample/static/"]
-    assert one(locations["^~", "/media/img/"], "alias").args == [f"{site_packages}/webxample/media/img/"]
+    static, media = ("~", "^/static/(?<asset>.*)$"), ("~", "^/media/img/(?<asset>.*)$")
+    assert set(locations) == {static, media, ("@static1",), ("@static2",), ("/",)}
+    assert [s.name for s in locations[static].block] == ["root", "try_files", "error_page"]
+    assert one(locations[static], "root").args == [f"{ROOT}/apps/{KEY}"]
+    assert one(locations[static], "try_files").args == [
+        "/static-live/site-packages/webxample/static/$asset",
+        "/static-previous/site-packages/webxample/static/$asset",
+        "=404",
+    ]
+    # A 404 (a link renamed between try_files and the open) is tried once more, static-previous first.
+    retry = one(locations[static], "error_page").args
+    assert retry[:2] == ["404", "="] and retry[2] in ("@static1", "@static2")
+    assert [s.name for s in locations[retry[2],].block] == ["root", "try_files"]
+    assert one(locations[retry[2],], "root").args == [f"{ROOT}/apps/{KEY}"]
+    assert one(locations[retry[2],], "try_files").args == [
+        "/static-previous/site-packages/webxample/static/$asset",
+        "/static-live/site-packages/webxample/static/$asset",
+        "=404",
+    ]
+    assert one(locations[media], "try_files").args[0] == "/static-live/site-packages/webxample/media/img/$asset"
+    # The two links are the layout's: what the agent points is what nginx reads.
+    app = LAYOUT.app(KEY)
+    tried = [f"{ROOT}/apps/{KEY}/{a.split('/')[1]}" for a in one(locations[static], "try_files").args[:2]]
+    assert tried == [str(app.static_live), str(app.static_previous)]
+
+
+def test_static_locations_keep_longest_prefix_first_and_escape_dots() -> None:
+    """Regex locations match in the order written: a shorter prefix first would take the longer one's URLs."""
+    spec = proxy(static=[
+        {"urlPath": "/static/", "directory": "a"},
+        {"urlPath": "/static/v1.2/", "directory": "b"},
+        {"urlPath": "/s/", "directory": "c"},
+    ])
+    server = server_of(render_site(site_inputs(LAYOUT, KEY, spec)))
+    assert [loc.args[1] for loc in server.find("location") if loc.args[0] == "~"] == [
+        "^/static/v1[.]2/(?<asset>.*)$", "^/static/(?<asset>.*)$", "^/s/(?<asset>.*)$"]
+    assert "\\" not in render_site(site_inputs(LAYOUT, KEY, spec))
 
 
 @pytest.mark.parametrize(
@@ -169,9 +203,13 @@ def test_static_paths_nginx_would_refuse_are_refused_twice(static: list, reason:
     """The models refuse them; rendering refuses them too when the models are bypassed."""
     with pytest.raises(ValidationError):
         proxy(static=static)
-    bypassed = [StaticLocation(s["urlPath"], f"{ROOT}/apps/{KEY}/current/site-packages/{s['directory']}/") for s in static]
+    bypassed = [static_location(s["urlPath"], f"/static-live/site-packages/{s['directory']}/") for s in static]
     with pytest.raises(SiteConfigError, match=reason):
         render_site(valid_inputs(static=tuple(bypassed)))
+
+
+def static_location(url_path: str, *directories: str, root: str = f"{ROOT}/apps/{KEY}") -> StaticLocation:
+    return StaticLocation(url_path, root, directories or ("/static-live/site-packages/x/",))
 
 
 def valid_inputs(**overrides: object) -> SiteInputs:
@@ -180,7 +218,7 @@ def valid_inputs(**overrides: object) -> SiteInputs:
         listen_port=80,
         server_names=("shop.example.com",),
         live_socket=f"{ROOT}/apps/{KEY}/run/live.sock",
-        static=(StaticLocation("/static/", f"{ROOT}/apps/{KEY}/current/site-packages/x/"),),
+        static=(static_location("/static/", "/static-live/site-packages/x/", "/static-previous/site-packages/x/"),),
     )
     return SiteInputs(**{**base, **overrides})  # type: ignore[arg-type]
 
@@ -206,11 +244,20 @@ def valid_inputs(**overrides: object) -> SiteInputs:
         pytest.param({"live_socket": "/run/$x.sock"}, id="socket-variable"),
         pytest.param({"live_socket": "run/live.sock"}, id="socket-relative"),
         pytest.param({"live_socket": "/run/../etc/live.sock"}, id="socket-dotdot"),
-        pytest.param({"static": (StaticLocation("/s/", "/x/y#/"),)}, id="alias-comment"),
-        pytest.param({"static": (StaticLocation("/s/", "/x/y"),)}, id="alias-no-slash"),
-        pytest.param({"static": (StaticLocation("/s", "/x/y/"),)}, id="location-no-slash"),
-        pytest.param({"static": (StaticLocation("/s/{/", "/x/y/"),)}, id="location-brace"),
-        pytest.param({"static": (StaticLocation("/../", "/x/y/"),)}, id="location-dotdot"),
+        pytest.param({"static": (static_location("/s/", "/x/y#/"),)}, id="directory-comment"),
+        pytest.param({"static": (static_location("/s/", "/x/$asset/"),)}, id="directory-variable"),
+        pytest.param({"static": (static_location("/s/", "/x/y"),)}, id="directory-no-slash"),
+        pytest.param({"static": (static_location("/s/", "x/y/"),)}, id="directory-relative"),
+        pytest.param({"static": (static_location("/s/", "/x/../../y/"),)}, id="directory-dotdot"),
+        pytest.param({"static": (static_location("/s/", "/x/", "/y z/"),)}, id="second-directory-space"),
+        pytest.param({"static": (StaticLocation("/s/", f"{ROOT}/apps/{KEY}", ()),)}, id="no-directory"),
+        pytest.param({"static": (static_location("/s/", root="/srv/a;b"),)}, id="root-semicolon"),
+        pytest.param({"static": (static_location("/s/", root="srv"),)}, id="root-relative"),
+        pytest.param({"static": (static_location("/s"),)}, id="location-no-slash"),
+        pytest.param({"static": (static_location("/s/{/"),)}, id="location-brace"),
+        pytest.param({"static": (static_location("/../"),)}, id="location-dotdot"),
+        pytest.param({"static": (static_location("/s/(?<asset>.*)$/"),)}, id="location-regex"),
+        pytest.param({"static": (static_location("/s/\\d/"),)}, id="location-backslash"),
         pytest.param({"tls_certificate": "/secrets/a.crt"}, id="cert-without-key"),
         pytest.param(
             {"tls_certificate": "/secrets/a.crt", "tls_certificate_key": "/secrets/a key"}, id="key-space"
@@ -383,7 +430,7 @@ def assert_render_refuses(raw: dict) -> None:
     for entry in raw["static"]:
         if not _accepts(rules.URL_PATH_PREFIX, entry["urlPath"]):
             with pytest.raises(SiteConfigError):
-                render_site(valid_inputs(static=(StaticLocation(entry["urlPath"], "/x/"),)))
+                render_site(valid_inputs(static=(static_location(entry["urlPath"]),)))
         if not _accepts(rules.RELATIVE_DIR, entry["directory"]):
             bypass = models.Proxy.model_construct(
                 server_names=["a.com"], listen_port=80, tls=None, client_max_body_size="1m",
@@ -412,14 +459,25 @@ def assert_exact_statements(spec: models.Proxy, text: str, tls_files: tuple[Path
         assert one(server, "ssl_certificate").args == [str(tls_files[0])]
         assert one(server, "ssl_certificate_key").args == [str(tls_files[1])]
     locations = server.find("location")
-    assert len(locations) == 1 + len(spec.static)
-    site_packages = f"{ROOT}/apps/{KEY}/current/site-packages"
-    expected_static = [(["^~", s.url_path], [f"{site_packages}/{s.directory}/"]) for s in spec.static]
-    static = [(loc.args, one(loc, "alias").args) for loc in locations if loc.args != ["/"]]
+    assert len(locations) == 1 + 2 * len(spec.static)
+    named = {loc.args[0]: loc for loc in locations if loc.args[0].startswith("@")}
+    by_length = sorted(spec.static, key=lambda s: -len(s.url_path))
+    expected_static = [
+        (["~", "^" + s.url_path.replace(".", "[.]") + "(?<asset>.*)$"], [f"{ROOT}/apps/{KEY}"],
+         [f"/static-live/site-packages/{s.directory}/$asset", f"/static-previous/site-packages/{s.directory}/$asset",
+          "=404"])
+        for s in by_length
+    ]
+    regex = [loc for loc in locations if loc.args[0] == "~"]
+    static = [(loc.args, one(loc, "root").args, one(loc, "try_files").args) for loc in regex]
     assert static == expected_static
-    for loc in locations:
-        if loc.args != ["/"]:
-            assert [s.name for s in loc.block] == ["alias"]
+    for loc in regex:
+        assert [s.name for s in loc.block] == ["root", "try_files", "error_page"]
+        retry = named.pop(one(loc, "error_page").args[2])
+        assert one(retry, "root").args == one(loc, "root").args
+        tried = one(loc, "try_files").args
+        assert one(retry, "try_files").args == [tried[1], tried[0], "=404"]
+    assert not named  # one retry per static location, no other
     assert {s.name for s in app_location(server).block} == APP_LOCATION_DIRECTIVES
     # Only the one constant header value is quoted; nothing from the spec ever is.
     quoted = [a for s in server.walk() for a in s.args if a[:1] in "\"'"]

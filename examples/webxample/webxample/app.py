@@ -3,7 +3,8 @@
 Plain WSGI, no framework, so the sample's only dependency is its server. Each route exists
 for a test: `/version` tells which release and process answered (rotations), `/healthz` can
 be made to fail (health gate), `/slow` holds a request open (graceful stops), `/echo` checks
-request bodies arrive whole (POSTs during rotations).
+request bodies arrive whole (POSTs during rotations), `/page` names this release's hashed
+stylesheet, which nginx serves (static files that must match the code during rotations).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from . import __version__
 
 SERVED_BY = f"webxample/{__version__}"
+STATIC_URL = "/static/"  # where the example AppRelease's proxy.static serves webxample/static/
 MAX_SLOW_SECONDS = 10.0
 CHUNK = 64 * 1024
 
@@ -39,6 +42,22 @@ def _json(status: int, payload: dict[str, Any]) -> Response:
 
 def index(environ: dict[str, Any]) -> Response:
     return _text(200, f"webxample {__version__}\n")
+
+
+def _static_names() -> dict[str, str]:
+    """name -> hashed name, from the manifest the build wrote (setup.py); a source checkout has none."""
+    manifest = Path(__file__).with_name("static") / "manifest.json"
+    return json.loads(manifest.read_text()) if manifest.exists() else {}
+
+
+STATIC_NAMES = _static_names()  # read once: a release's files never change
+
+
+def page(environ: dict[str, Any]) -> Response:
+    stylesheet = STATIC_URL + STATIC_NAMES.get("app.css", "app.css")
+    body = (f'<!doctype html>\n<html><head><link rel="stylesheet" href="{stylesheet}"></head>\n'
+            f"<body>webxample {__version__}</body></html>\n")
+    return "200 OK", "text/html; charset=utf-8", body.encode()
 
 
 def version(environ: dict[str, Any]) -> Response:
@@ -84,6 +103,7 @@ def echo(environ: dict[str, Any]) -> Response:
 
 ROUTES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], Response]]] = {
     "/": (("GET", "HEAD"), index),
+    "/page": (("GET", "HEAD"), page),
     "/version": (("GET", "HEAD"), version),
     "/healthz": (("GET", "HEAD"), healthz),
     "/slow": (("GET", "HEAD"), slow),

@@ -144,6 +144,12 @@ def _link_target(path: Path) -> str | None:
         return None
 
 
+def _link_build(link: Path) -> str | None:
+    """The buildId a `releases/<buildId>` link names, or None when there is no link."""
+    target = _link_target(link)
+    return Path(target).name if target else None
+
+
 def _replace_symlink(link: Path, target: str) -> None:
     """Point `link` at `target` atomically: a new symlink renamed over the old one."""
     tmp = link.with_name(f".{link.name}.tmp")
@@ -261,6 +267,8 @@ def observe(host: Host, key: str, app_state: state.AppState, *, serving_next: st
         releases=frozenset(on_disk),
         temp_builds=temp,
         current_build=Path(current).name if current else None,
+        static_live=_link_build(paths.static_live),
+        static_previous=_link_build(paths.static_previous),
         live_revision=live_revision(paths),
         running=frozenset(watchers),
         inactive=frozenset(r for r, status in watchers.items() if status not in ACTIVE),
@@ -444,6 +452,12 @@ class _Apply:
     def do_switch_live(self, revision: str) -> None:
         _replace_symlink(self.paths.live_socket, f"{revision}.sock")
         self.state.served(self.spec.build_id, revision, self.spec.version)
+
+    def do_point_static_previous(self, build_id: str) -> None:
+        _replace_symlink(self.paths.static_previous, f"releases/{build_id}")
+
+    def do_point_static(self, build_id: str) -> None:
+        _replace_symlink(self.paths.static_live, f"releases/{build_id}")
 
     def do_settle(self, _: str) -> None:
         time.sleep(self.host.settle_seconds)

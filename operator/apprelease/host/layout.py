@@ -3,7 +3,12 @@
     apps/<ns>_<app>/releases/<buildId>/venv            immutable once complete
     apps/<ns>_<app>/releases/<buildId>/release.json    build inputs, timestamps, build log tail
     apps/<ns>_<app>/releases/.tmp-<buildId>-<random>   a build in progress (never looks complete)
-    apps/<ns>_<app>/current -> releases/<buildId>      swapped atomically
+    apps/<ns>_<app>/current -> releases/<buildId>      swapped atomically, once the old workers drained
+    apps/<ns>_<app>/static-live -> releases/<buildId>  nginx's first place for static files: the
+                                                       build about to serve, pointed before the switch
+    apps/<ns>_<app>/static-previous -> releases/<id>   nginx's second place: the build static-live
+                                                       named before, so pages of either revision find
+                                                       their assets during and after a rotation
     apps/<ns>_<app>/run/<revision>.sock                gunicorn's socket, one per running revision
     apps/<ns>_<app>/run/live.sock -> <revision>.sock   what nginx connects to
     apps/<ns>_<app>/logs/                              stdout/stderr of the app's processes, release command output
@@ -26,6 +31,8 @@ from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
 LIVE_SOCKET = "live.sock"
+STATIC_LIVE = "static-live"
+STATIC_PREVIOUS = "static-previous"
 
 
 def app_key(namespace: str, app: str) -> str:
@@ -99,6 +106,16 @@ class AppPaths:
     @property
     def current(self) -> Path:
         return self.base / "current"
+
+    @property
+    def static_live(self) -> Path:
+        """The build nginx looks in first for static files (host/proxy/render.py `site_inputs`)."""
+        return self.base / STATIC_LIVE
+
+    @property
+    def static_previous(self) -> Path:
+        """The build nginx looks in when static-live has no such file: the one served before."""
+        return self.base / STATIC_PREVIOUS
 
     @property
     def run(self) -> Path:

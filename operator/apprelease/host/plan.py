@@ -7,8 +7,8 @@ crash at any step, and a second reconcile of a converged host plans nothing.
 
 The rotation order is DESIGN.md's: build/reuse venv -> release command (once per revision,
 never on a return to a revision that served here) -> start new watcher -> health gate ->
-start its process types -> switch the live socket link -> settle, stop old watchers (web and
-process types) -> swap `current` -> GC.
+start its process types -> point the static links -> switch the live socket link -> settle,
+stop old watchers (web and process types) -> swap `current` -> GC.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class Observed:
     releases: frozenset[str] = frozenset()  # complete buildIds on disk
     temp_builds: tuple[str, ...] = ()  # leftovers of interrupted builds
     current_build: str | None = None  # target of the `current` link
+    static_live: str | None = None  # target of the `static-live` link (None on hosts from before it)
+    static_previous: str | None = None  # target of the `static-previous` link
     live_revision: str | None = None  # target of run/live.sock
     running: frozenset[str] = frozenset()  # revisions with a watcher in the supervisor
     inactive: frozenset[str] = frozenset()  # of those, the ones stopped or given up on (need a restart)
@@ -65,6 +67,8 @@ START_PROCESSES = "start-processes"
 WRITE_SITE = "write-site"
 REMOVE_SITE = "remove-site"
 SWITCH = "switch-live"
+POINT_STATIC_PREVIOUS = "point-static-previous"
+POINT_STATIC = "point-static"
 SETTLE = "settle"
 STOP = "stop-watcher"
 SWAP_CURRENT = "swap-current"
@@ -110,9 +114,18 @@ def plan_release(desired: Desired, observed: Observed) -> Plan:
         actions.append(Action(HEALTH, desired.revision))
     if desired.processes - {i for r, i in observed.processes if r == desired.revision}:
         actions.append(Action(START_PROCESSES, desired.revision))
+    static, previous = _point_static(desired, observed)
+    # Before a site that names the links when they are missing (first deploy, a host from
+    # before them) or nothing switches; else right before the switch, so a site nginx refuses
+    # leaves them naming the serving build.
+    static_first = observed.static_live is None or is_live
+    if static_first:
+        actions.extend(static)
     if observed.site != desired.site:
         actions.append(Action(WRITE_SITE))
     if not is_live:
+        if not static_first:
+            actions.extend(static)
         actions.append(Action(SWITCH, desired.revision))
     old = sorted(started - {desired.revision})
     if old:
@@ -121,8 +134,25 @@ def plan_release(desired: Desired, observed: Observed) -> Plan:
         actions.extend(Action(STOP, r) for r in old)
     if observed.current_build != desired.build_id:
         actions.append(Action(SWAP_CURRENT, desired.build_id))
-    actions.extend(Action(COLLECT, b) for b in observed.gc_candidates if b != desired.build_id)
+    # nginx serves assets from static-previous: its build stays, whatever the history limit says.
+    actions.extend(Action(COLLECT, b) for b in observed.gc_candidates if b not in (desired.build_id, previous))
     return Plan(tuple(actions))
+
+
+def _point_static(desired: Desired, observed: Observed) -> tuple[list[Action], str | None]:
+    """Actions that make nginx's static links name the new build first, the one before second.
+
+    Returns them and the build static-previous names once they ran (never to be collected).
+    `static-live` names the serving build on a converged host; where it is missing, `current`
+    does (a host from before the links, whose nginx served static files from `current`).
+    static-previous is pointed first: a crash between the two renames leaves both reachable.
+    """
+    if observed.static_live == desired.build_id:
+        return [], observed.static_previous
+    keep = observed.static_live or observed.current_build
+    if keep is None or keep == desired.build_id:
+        return [Action(POINT_STATIC, desired.build_id)], observed.static_previous
+    return [Action(POINT_STATIC_PREVIOUS, keep), Action(POINT_STATIC, desired.build_id)], keep
 
 
 def plan_removal(observed: Observed) -> Plan:

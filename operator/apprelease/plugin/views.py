@@ -486,7 +486,8 @@ def host_work(desired: HostReleaseSpec, current: HostReleaseSpec | None, status:
     ran = status.release_command
     observed_host = host_plan.Observed(
         releases=frozenset(status.retained_build_ids) | ({status.serving_build_id} if status.serving_build_id else set()),
-        current_build=status.serving_build_id, live_revision=serving,
+        # On a settled host static-live names the serving build, as `current` does.
+        current_build=status.serving_build_id, static_live=status.serving_build_id, live_revision=serving,
         running=frozenset({serving}) if serving else frozenset(), site=applied_site, failed_revision=failed,
         # What status shows of the release command and process types: the agent knows more.
         released=frozenset(e.revision for e in status.history) | ({ran.revision} if ran and ran.exit_code == 0 else set()),

@@ -42,10 +42,24 @@ class SiteConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StaticLocation:
-    """A URL prefix served by nginx from an absolute directory (both end with '/')."""
+    """A URL prefix served by nginx from the first of `directories` that holds the file.
+
+    `directories` are relative to `root` (an absolute directory) and, like `url_path`, begin
+    and end with '/': the rest of the request's path after `url_path` is appended to each in
+    turn (nginx `try_files`), so the first one with that file answers. A 404 is tried once
+    more in reverse order (a named location), since a link renamed between nginx's check and
+    its open makes a file that is there a 404 (the template says what was measured).
+    """
 
     url_path: str
-    directory: str
+    root: str
+    directories: tuple[str, ...]
+
+    @property
+    def url_pattern(self) -> str:
+        """`url_path` as an anchored regex. `check_site` holds it to `rules.URL_PATH_PREFIX`,
+        whose only regex character is '.', written `[.]` so the text holds no backslash."""
+        return "^" + self.url_path.replace(".", "[.]")
 
 
 @dataclass(frozen=True)
@@ -109,8 +123,11 @@ def site_inputs(
 ) -> SiteInputs:
     """What `render_site` needs for app `key`, from its validated proxy spec.
 
-    Static directories resolve through `apps/<key>/current/site-packages/`: `current` is
-    swapped per release and nginx resolves the symlink per request, so a rotation never
+    Static files resolve through two links in `apps/<key>/`: `static-live/site-packages/<dir>/`
+    first, then `static-previous/site-packages/<dir>/`. The agent points `static-live` at the
+    new build just before the switch and `static-previous` at the build it named before
+    (host/plan.py `point-static`), so during and after a rotation a page rendered by either
+    revision finds its hashed assets; nginx resolves the links per request, so a rotation never
     needs a reload. `tls_files` are the (certificate, key) paths from `Nginx.write_tls`.
     """
     if (proxy.tls is None) != (tls_files is None):
@@ -119,11 +136,12 @@ def site_inputs(
             f"{'not ' if tls_files is None else ''}given"
         )
     app = layout.app(key)
-    site_packages = app.current / "site-packages"
+    slots = [app.static_live.relative_to(app.base), app.static_previous.relative_to(app.base)]
     static = []
     for entry in proxy.static:
         _check_rule(rules.RELATIVE_DIR, entry.directory, "static directory")
-        static.append(StaticLocation(entry.url_path, f"{site_packages / entry.directory}/"))
+        directories = tuple(f"/{slot}/site-packages/{entry.directory}/" for slot in slots)
+        static.append(StaticLocation(entry.url_path, str(app.base), directories))
     cert, cert_key = (str(tls_files[0]), str(tls_files[1])) if tls_files else (None, None)
     return SiteInputs(
         key=key,
@@ -141,8 +159,12 @@ def site_inputs(
 def render_site(inputs: SiteInputs) -> str:
     """One app's server block; raises `SiteConfigError` on any value unsafe for nginx."""
     check_site(inputs)
+    # Regex locations are tried in the order written and the first match wins: longest prefix
+    # first keeps prefix semantics (/static/img/ before /static/) whatever the spec's order.
+    static = sorted(inputs.static, key=lambda location: -len(location.url_path))
     return _template(SITE_TEMPLATE).render(
         site=inputs,
+        static=static,
         listen=_listen(inputs.listen_address, inputs.listen_port),
         tls=inputs.tls_certificate is not None,
     )
@@ -208,10 +230,14 @@ def check_site(inputs: SiteInputs) -> None:
         if location.url_path in seen:
             raise SiteConfigError(f"{inputs.key}: static url path {location.url_path!r} given twice")
         seen.add(location.url_path)
-        _check_path(location.directory, "static directory")
-        # Prefix and alias both end with '/', or '/static../' would escape the directory.
-        if not location.directory.endswith("/"):
-            raise SiteConfigError(f"static directory {location.directory!r} must end with '/'")
+        _check_path(location.root, "static root")
+        if not location.directories:
+            raise SiteConfigError(f"{inputs.key}: static url path {location.url_path!r} has no directory")
+        for directory in location.directories:
+            _check_path(directory, "static directory")
+            # Prefix and directory both end with '/': the asset is appended as it was after the prefix.
+            if not directory.endswith("/"):
+                raise SiteConfigError(f"static directory {directory!r} must end with '/'")
 
 
 def check_main(inputs: MainInputs) -> None:
