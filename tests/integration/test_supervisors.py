@@ -208,6 +208,28 @@ def test_graceful_remove_lets_an_inflight_request_finish(host: tuple[HostLayout,
     assert watcher.name not in supervisor.watchers()
 
 
+def test_a_watcher_removed_while_listing_is_left_out(host: tuple[HostLayout, Supervisor]) -> None:
+    # circusd answers status and pids in two calls; the agent's other thread (or a second
+    # client) may remove a watcher between them. Force that order against the real daemon.
+    layout, supervisor = host
+    first = start(layout, supervisor, "r1")
+    second = start(layout, supervisor, "r2")
+    if supervisor.kind == "circus":
+        command = supervisor._command  # type: ignore[attr-defined]
+
+        def remove_after_status(verb: str, **kw: object) -> dict:
+            answer = command(verb, **kw)
+            if verb == "status":
+                make_supervisor("circus", layout).remove(first.name)
+            return answer
+
+        supervisor._command = remove_after_status  # type: ignore[attr-defined]
+    else:
+        supervisor.remove(first.name)
+    assert set(supervisor.watchers()) == {second.name}
+    assert supervisor.main_pid(first.name) is None
+
+
 def test_launcher_execs_with_exactly_the_decoded_env() -> None:
     # /usr/bin/env as the target prints the environment it was exec'd with, untouched
     # (a Python target would add LC_CTYPE itself: PEP 538 locale coercion).

@@ -177,11 +177,26 @@ class CircusSupervisor(SupervisorBackend):
 
     def watchers(self) -> dict[str, WatcherState]:
         statuses = self._command("status")["statuses"]
-        return {name: self._state(name, status) for name, status in statuses.items()}
+        states = {}
+        for name, status in statuses.items():
+            pids = self._pids(name)
+            if pids is not None:
+                states[name] = WatcherState(name=name, status=_STATUS.get(status, "unknown"), pids=pids)
+        return states
 
-    def _state(self, name: str, status: str) -> WatcherState:
-        pids = self._command("list", name=name)["pids"]
-        return WatcherState(name=name, status=_STATUS.get(status, "unknown"), pids=tuple(sorted(pids)))
+    def _pids(self, name: str) -> tuple[int, ...] | None:
+        """A watcher's pids, or None when it is not (or no longer) there.
+
+        circusd has no call that answers status and pids at once, so a watcher listed by
+        `status` can be removed (by the agent's other thread, or another client) before
+        `list` asks for it.
+        """
+        try:
+            return tuple(sorted(self._command("list", name=name)["pids"]))
+        except SupervisorError as exc:
+            if f"program {name} not found" in str(exc):
+                return None
+            raise
 
     def _options(self, name: str) -> dict[str, Any] | None:
         if name not in self._command("status")["statuses"]:
@@ -189,9 +204,7 @@ class CircusSupervisor(SupervisorBackend):
         return dict(self._command("options", name=name)["options"])
 
     def main_pid(self, name: str) -> int | None:
-        if name not in self._command("status")["statuses"]:
-            return None
-        pids = self._command("list", name=name)["pids"]
+        pids = self._pids(name)
         return min(pids) if pids else None
 
     def _reap_subscriber(self, name: str) -> zmq.Socket:
