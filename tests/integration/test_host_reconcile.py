@@ -32,7 +32,7 @@ import yaml
 from apprelease.host import core, plan
 from apprelease.host.layout import app_key, watcher_name
 from support.hosts import SERVER_NAME, make_host, release_for, running_host, stop_host
-from support.load import LoadProcess
+from support.load import LoadProcess, rotate_under_load
 from support.nginx import free_port, http_get
 
 pytestmark = pytest.mark.integration
@@ -91,21 +91,26 @@ def test_second_reconcile_does_nothing(host, package_index, port):
     assert again.status.phase == "Ready"
 
 
+ALTERNATING = ["1.0.0", "2.0.0"]
+
+
+def rotation_plan(host, package_index, port, i: int) -> list[str]:
+    """Rotation `i` between the two versions: Ready, and the kinds of its plan."""
+    result = deploy(host, package_index, ALTERNATING[i % 2], port)
+    assert result.status.phase == "Ready", result.status.message
+    return result.plan.kinds()
+
+
 def test_zero_downtime_over_many_rotations(host, package_index, port):
-    versions = ["1.0.0", "2.0.0"]
+    versions = ALTERNATING
     deploy(host, package_index, versions[0], port)
-    load = LoadProcess(port, host_header=SERVER_NAME, expect=versions, max_seconds=400)
-    try:
-        time.sleep(1)
-        rotations = 20
-        for i in range(1, rotations + 1):
-            result = deploy(host, package_index, versions[i % 2], port)
-            assert result.status.phase == "Ready", result.status.message
-            assert plan.SWITCH in result.plan.kinds()
-        time.sleep(0.5)
-        tally = load.finish()
-    finally:
-        load.kill()
+    rotations = 20
+
+    def rotate(i: int) -> None:
+        assert plan.SWITCH in rotation_plan(host, package_index, port, i)
+
+    tally = rotate_under_load(port, rotate, rotations, label="webxample", host_header=SERVER_NAME, expect=versions,
+                              max_seconds=400)
     assert tally["errors"] == 0 and tally["badStatus"] == 0, tally["failures"]
     assert set(tally["versions"]) == set(versions)
     assert tally["byKind"].get("slow", 0) >= rotations // 2, tally  # 2 s requests completed across rotations
@@ -119,22 +124,16 @@ def test_hashed_assets_never_404_over_rotations_under_load(host, package_index, 
     rotations alternate two versions. nginx finds the asset of a page rendered by either
     revision: the new one is in static-live before the switch, the old one stays in
     static-previous after it."""
-    versions = ["1.0.0", "2.0.0"]
+    versions = ALTERNATING
     deploy(host, package_index, versions[0], port)
-    load = LoadProcess(port, host_header=SERVER_NAME, expect=versions, max_seconds=400,
-                       keepalive=0, fresh=0, fresh_post=0, slow=0, page=4)
-    try:
-        time.sleep(1)
-        rotations = 20
-        for i in range(1, rotations + 1):
-            result = deploy(host, package_index, versions[i % 2], port)
-            assert result.status.phase == "Ready", result.status.message
-            kinds = result.plan.kinds()
-            assert kinds.index(plan.POINT_STATIC_PREVIOUS) < kinds.index(plan.POINT_STATIC) < kinds.index(plan.SWITCH)
-        time.sleep(0.5)
-        tally = load.finish()
-    finally:
-        load.kill()
+    rotations = 20
+
+    def rotate(i: int) -> None:
+        kinds = rotation_plan(host, package_index, port, i)
+        assert kinds.index(plan.POINT_STATIC_PREVIOUS) < kinds.index(plan.POINT_STATIC) < kinds.index(plan.SWITCH)
+
+    tally = rotate_under_load(port, rotate, rotations, label="hashed assets (pages + assets)", host_header=SERVER_NAME,
+                              expect=versions, max_seconds=400, keepalive=0, fresh=0, fresh_post=0, slow=0, page=4)
     pages, assets = tally["byKind"].get("page", 0), tally["byKind"].get("asset", 0)
     failed = tally["errors"] + tally["badStatus"]
     print(f"\nhashed assets under load: {rotations} rotations, {pages} pages + {assets} assets "
