@@ -185,23 +185,26 @@ class CircusSupervisor(SupervisorBackend):
         return states
 
     def _pids(self, name: str) -> tuple[int, ...] | None:
-        """A watcher's pids, or None when it is not (or no longer) there.
+        answer = self._about("list", name)
+        return None if answer is None else tuple(sorted(answer["pids"]))
 
-        circusd has no call that answers status and pids at once, so a watcher listed by
-        `status` can be removed (by the agent's other thread, or another client) before
-        `list` asks for it.
+    def _options(self, name: str) -> dict[str, Any] | None:
+        answer = self._about("options", name)
+        return None if answer is None else dict(answer["options"])
+
+    def _about(self, command: str, name: str) -> dict[str, Any] | None:
+        """circusd's answer to `command` on one watcher, or None when it is not (or no longer) there.
+
+        Asking first whether it exists would race: circusd has no call that answers status
+        and details at once, and the agent's other thread (or another client) may remove a
+        watcher between two calls.
         """
         try:
-            return tuple(sorted(self._command("list", name=name)["pids"]))
+            return self._command(command, name=name)
         except SupervisorError as exc:
             if f"program {name} not found" in str(exc):
                 return None
             raise
-
-    def _options(self, name: str) -> dict[str, Any] | None:
-        if name not in self._command("status")["statuses"]:
-            return None
-        return dict(self._command("options", name=name)["options"])
 
     def main_pid(self, name: str) -> int | None:
         pids = self._pids(name)
