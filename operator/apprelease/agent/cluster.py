@@ -435,12 +435,15 @@ class ClusterAgent:
         return keys
 
     def sweep(self) -> None:
-        """Remove apps no HostRelease of this node names (deleted or moved while the agent was away).
+        """Repair the host's daemons, and remove apps no HostRelease of this node names (deleted
+        or moved while the agent was away).
 
         Only after a full list (the cache is complete then), and only under this agent's root.
         """
         if not self.health.synced.is_set():
             return
+        # A daemon (or, with systemd, its unit) someone stopped, edited or disabled.
+        self.host.ensure_daemons()
         for orphan in sync.orphan_app_keys(self.apps_on_host(), self.cache.values()):
             namespace, app = sync.split_app_key(orphan)
             removal = core.remove(self.host, namespace, app)

@@ -81,6 +81,13 @@ class Host:
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self.layout.root.chmod(0o755)
         check_traversable(self.layout.root)
+        self.ensure_daemons()
+
+    def ensure_daemons(self) -> None:
+        """The supervisor daemon and nginx run; on a systemd host also their units' drift repair.
+
+        Idempotent and cheap on a converged host: the in-cluster agent calls it at each resync.
+        """
         self.supervisor.ensure_running()
         self.nginx.ensure_running()
 

@@ -22,6 +22,7 @@ from circus.client import CircusClient
 from circus.exc import CallError
 
 from ..executor import LocalExecutor
+from ..systemd import Systemd
 from ..watchers import WatcherSpec
 from .base import (
     ENV_PREFIX,
@@ -95,8 +96,9 @@ class CircusSupervisor(SupervisorBackend):
 
     kind = "circus"
 
-    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable):
-        super().__init__(root, executor, python)
+    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable,
+                 services: Systemd | None = None):
+        super().__init__(root, executor, python, services)
         self._subscribers: dict[str, zmq.Socket] = {}  # watcher -> its reap events
         self._exits: dict[str, ProcessExit] = {}  # watcher -> its last exit seen
 

@@ -19,6 +19,7 @@ from typing import Any
 from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from ..executor import LocalExecutor
+from ..systemd import Systemd
 from ..watchers import WatcherSpec
 from .base import (
     ProcessExit,
@@ -99,8 +100,9 @@ class SupervisordSupervisor(SupervisorBackend):
 
     kind = "supervisord"
 
-    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable):
-        super().__init__(root, executor, python)
+    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable,
+                 services: Systemd | None = None):
+        super().__init__(root, executor, python, services)
         self._log_marks: dict[str, int] = {}  # program -> daemon log size when it was added
 
     @property
