@@ -454,3 +454,29 @@ def test_hosts_show_the_process_types_their_agents_report():
                  serving_revision="r1", processes="worker 2/2")
     s = compute_status(rollout("r1", [a, host("b", "r1")]), None, T0)
     assert [(h.node, h.processes) for h in s.hosts] == [("a", "worker 2/2"), ("b", None)]
+
+
+def test_degraded_while_a_live_revision_fails_its_liveness_probe():
+    """Liveness (agent/cluster.py's prober): the host stays Ready and serving, the app is Degraded."""
+    import dataclasses
+
+    failing = dataclasses.replace(host("b", "r1"), liveness_failure="/healthz: TimeoutError (workers restarted 1 time)")
+    s = compute_status(rollout("r1", [host("a", "r1"), failing]), None, T0)
+    assert reasons(s)["Degraded"] == ("True", "LivenessFailed")
+    assert reasons(s)["Available"] == ("True", "MinimumHostsAvailable")
+    assert condition(s, "Degraded").message == (
+        "host b: live revision r1 fails its liveness probe: /healthz: TimeoutError (workers restarted 1 time)")
+    # a failed rollout is named first
+    s = compute_status(rollout("r2", [host("a", "r2", "Failed", serving="r1", message="boom"), failing]), None, T0)
+    assert reasons(s)["Degraded"] == ("True", "HostFailed")
+
+
+def test_host_view_reads_liveness_only_while_failing():
+    def obj(liveness):
+        return {"metadata": {"name": "app-a", "generation": 1}, "spec": {"node": "a"},
+                "status": {"liveness": liveness} if liveness else {}}
+
+    assert host_view(obj(None)).liveness_failure is None
+    assert host_view(obj({"failing": False, "restarts": 2})).liveness_failure is None
+    assert host_view(obj({"failing": True, "restarts": 1, "lastFailure": "x"})).liveness_failure == (
+        "x (workers restarted 1 time)")

@@ -2,7 +2,8 @@
 
 Plain WSGI, no framework, so the sample's only dependency is its server. Each route exists
 for a test: `/version` tells which release and process answered (rotations), `/healthz` can
-be made to fail (health gate), `/slow` holds a request open (graceful stops), `/echo` checks
+be made to fail (health gate) or to hang in workers started before a given moment (liveness:
+a deadlock after the switch), `/slow` holds a request open (graceful stops), `/echo` checks
 request bodies arrive whole (POSTs during rotations), `/page` names this release's hashed
 stylesheet, which nginx serves (static files that must match the code during rotations).
 """
@@ -24,6 +25,9 @@ from . import __version__
 SERVED_BY = f"webxample/{__version__}"
 STATIC_URL = "/static/"  # where the example AppRelease's proxy.static serves webxample/static/
 MAX_SLOW_SECONDS = 10.0
+HANG_SECONDS = 120.0
+# This worker's start: the app is imported in each gunicorn worker (no --preload).
+WORKER_STARTED = time.time()
 CHUNK = 64 * 1024
 
 StartResponse = Callable[..., Any]
@@ -64,7 +68,21 @@ def version(environ: dict[str, Any]) -> Response:
     return _json(200, {"version": __version__, "pid": os.getpid()})
 
 
+def _hangs() -> bool:
+    """WEBXAMPLE_HANG_FILE names a file; while it exists, workers started before it was last
+    touched hang on /healthz (a deadlock); workers started after it (a restart) do not."""
+    path = os.environ.get("WEBXAMPLE_HANG_FILE")
+    try:
+        return bool(path) and os.stat(path).st_mtime >= WORKER_STARTED
+    except OSError:
+        return False
+
+
 def healthz(environ: dict[str, Any]) -> Response:
+    if _hangs():
+        print(f"webxample: /healthz hanging on purpose (WEBXAMPLE_HANG_FILE, worker {os.getpid()})",
+              file=sys.stderr, flush=True)
+        time.sleep(HANG_SECONDS)
     # Read per request, so a test can start a revision whose health check fails.
     if os.environ.get("WEBXAMPLE_FAIL_HEALTH") == "1":
         print("webxample: /healthz failing on purpose (WEBXAMPLE_FAIL_HEALTH=1)", file=sys.stderr, flush=True)

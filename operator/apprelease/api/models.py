@@ -188,6 +188,10 @@ class Proxy(Model):
         return static
 
 
+DEFAULT_FAILURE_THRESHOLD = 3
+DEFAULT_PROBE_TIMEOUT_SECONDS = 10
+
+
 class HealthCheck(Model):
     """The gate a new revision passes, through its own socket, before it gets traffic."""
 
@@ -196,6 +200,31 @@ class HealthCheck(Model):
     timeout_seconds: int = Field(
         default=30, ge=1, le=600, description="Deadline for the revision to boot and answer healthy."
     )
+    # Liveness: after the switch. Not part of the revision (identity.py): changing how the live
+    # revision is watched restarts nothing.
+    period_seconds: int | None = Field(
+        default=None, ge=1, le=3600,
+        description="Liveness: probe the live revision through its own socket this often (unset: only before the "
+                    "switch). After failureThreshold failed probes in a row its workers are restarted gracefully.",
+    )
+    # Unset rather than defaulted: a stored spec from before these fields stays the same object.
+    failure_threshold: int | None = Field(
+        default=None, ge=1, le=100,
+        description=f"Liveness: failed probes in a row before the workers are restarted (default {DEFAULT_FAILURE_THRESHOLD}).",
+    )
+    probe_timeout_seconds: int | None = Field(
+        default=None, ge=1, le=600,
+        description="Liveness: a probe with no answer after this long failed; a slower answer under load is not a "
+                    f"failure (default {DEFAULT_PROBE_TIMEOUT_SECONDS}).",
+    )
+
+    @property
+    def liveness_threshold(self) -> int:
+        return self.failure_threshold or DEFAULT_FAILURE_THRESHOLD
+
+    @property
+    def probe_timeout(self) -> int:
+        return self.probe_timeout_seconds or DEFAULT_PROBE_TIMEOUT_SECONDS
 
 
 class Strategy(Model):
@@ -464,6 +493,17 @@ class ProcessStatus(Model):
     running: int = Field(description="Replicas the supervisor runs (restarted on crash).")
 
 
+class LivenessStatus(Model):
+    """The live revision's liveness on this host (healthCheck.periodSeconds set)."""
+
+    failing: bool = Field(description="The last probe failed, or workers were restarted and no probe passed since.")
+    consecutive_failures: int = 0
+    restarts: int = Field(default=0, description="Times the agent restarted this revision's workers for liveness.")
+    last_failure: str | None = Field(default=None, description="What the last failed probe saw.")
+    last_restart_at: datetime | None = None
+    log_tail: str | None = Field(default=None, description="The app's log tail when its workers were restarted.")
+
+
 class RevisionEvent(Model):
     revision: str
     version: str
@@ -498,6 +538,7 @@ class HostReleaseStatus(Model):
     release_command: ReleaseCommandRecord | None = Field(
         default=None, description="The last release command run on this host (its output: logs/<revision>.release.log).")
     processes: list[ProcessStatus] = Field(default_factory=list, description="Process types of the serving revision.")
+    liveness: LivenessStatus | None = Field(default=None, description="Liveness of the serving revision.")
     history: list[RevisionEvent] = Field(default_factory=list, description="Revisions this host switched to.")
     retained_build_ids: list[str] = Field(
         default_factory=list, description="buildIds whose venv is on this host's disk: a rollback to them builds nothing."

@@ -8,11 +8,13 @@ leaving the serving revision untouched. The returned status is what the HostRele
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -591,3 +593,48 @@ def remove(host: Host, namespace: str, app: str) -> plan.Plan:
     if removed:
         log.info("%s: removed accounts %s", key, ", ".join(removed))
     return the_plan
+
+
+# -- liveness (after the switch): called by the in-cluster agent's prober, decisions in liveness.py --
+
+
+@dataclass(frozen=True)
+class Probe:
+    revision: str | None  # the live revision probed; None: nothing serves (nothing to probe)
+    passed: bool
+    detail: str
+
+
+def probe_live(host: Host, namespace: str, app: str, spec: HostReleaseSpec) -> Probe:
+    """One liveness probe of the app's live revision, through its own socket (not nginx).
+
+    Only "no answer within probeTimeoutSeconds" or a wrong status fails it: a slow answer
+    under load is an answer.
+    """
+    check = spec.health_check
+    paths = host.layout.app(app_key(namespace, app))
+    revision = live_revision(paths)
+    if revision is None:
+        return Probe(None, True, "nothing serves")
+    try:
+        status, _ = health.get(paths.socket(revision), check.path, spec.proxy.server_names[0],
+                               timeout=check.probe_timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        return Probe(revision, False, f"{check.path}: {type(exc).__name__}: {exc or 'no answer'} "
+                                      f"(timeout {check.probe_timeout}s)")
+    if status != check.expected_status:
+        return Probe(revision, False, f"{check.path} answered {status}, expected {check.expected_status}")
+    return Probe(revision, True, f"{check.path} answered {status}")
+
+
+def restart_workers(host: Host, namespace: str, app: str, revision: str) -> str:
+    """Restart the revision's gunicorn workers gracefully; returns the app's log tail from before.
+
+    SIGHUP to the gunicorn master: it starts new workers on the same listening socket and
+    stops the old ones gracefully (killed after the graceful timeout if they hang), so the
+    socket nginx connects to never closes, unlike a restart of the watcher.
+    """
+    key = app_key(namespace, app)
+    tail = log_tail(host.layout.app(key), revision)
+    host.supervisor.signal(watcher_name(key, revision), signal.SIGHUP)
+    return tail

@@ -145,6 +145,10 @@ class Supervisor(Protocol):
         of a restart); None while it runs. The health gate stops waiting on it."""
         ...
 
+    def signal(self, name: str, signum: int) -> None:
+        """Send `signum` to the watcher's process (the gunicorn master) only."""
+        ...
+
     def stop_daemon(self) -> None:
         """Stop every watcher and the daemon, and wait until they are gone."""
         ...

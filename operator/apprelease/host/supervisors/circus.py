@@ -177,6 +177,10 @@ class CircusSupervisor(SupervisorBackend):
         except CallError as exc:
             raise SupervisorError(f"circusd did not answer {command} within {timeout:.0f}s: {exc}") from exc
 
+    def signal(self, name: str, signum: int) -> None:
+        # children=False (circus's default): the master only; gunicorn handles its workers.
+        self._command("signal", name=name, signum=int(signum))
+
     def watchers(self) -> dict[str, WatcherState]:
         statuses = self._command("status")["statuses"]
         states = {}

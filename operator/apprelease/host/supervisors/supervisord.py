@@ -261,6 +261,9 @@ class SupervisordSupervisor(SupervisorBackend):
                 raise
         rpc.removeProcessGroup(name)
 
+    def signal(self, name: str, signum: int) -> None:
+        self._rpc().signalProcess(name, str(int(signum)))
+
     def remove(self, name: str) -> None:
         self._log_marks.pop(name, None)
         if self._info(name) is not None:
