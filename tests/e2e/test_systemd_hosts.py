@@ -195,7 +195,7 @@ def test_a_hanging_live_revision_is_restarted_and_reported(world):
         liveness = {n: (hr.get("status") or {}).get("liveness") or {} for n, hr in hrs.items()}
         degraded = world.conditions().get("Degraded", {})
         if degraded.get("reason") == "LivenessFailed" and "get_hr" not in seen:
-            seen["get_hr"] = world.kubectl_text("get", "hr")
+            seen["get_hr"] = world.kubectl_text("get", "hr", "-o", "wide")
             seen["describe_ar"] = world.kubectl_text("describe", "ar", APP)
             seen["degraded"] = degraded["message"]
         return all(lv.get("restarts", 0) >= 1 for lv in liveness.values()) and "get_hr" in seen
@@ -205,7 +205,7 @@ def test_a_hanging_live_revision_is_restarted_and_reported(world):
     restarted_after = time.monotonic() - started
     print(f"\nworkers hanging -> restarted on both hosts after {restarted_after:.1f}s "
           f"(period {PERIOD}s, threshold {THRESHOLD}, probe timeout {PROBE_TIMEOUT}s)")
-    print("\n$ kubectl get hr (while Degraded)\n" + seen["get_hr"])
+    print("\n$ kubectl get hr -o wide (while Degraded)\n" + seen["get_hr"])
     print("$ kubectl describe ar (while Degraded)\n" + seen["describe_ar"])
     assert "live revision" in seen["degraded"] and "fails its liveness probe" in seen["degraded"]
     # the new workers (started after the hang began) answer: liveness passes, Degraded ends
@@ -221,8 +221,17 @@ def test_a_hanging_live_revision_is_restarted_and_reported(world):
         assert world.served(node) == "1.0.0"
     events = json.loads(world.cp.kubectl("get", "events", "-n", world.namespace, "-o", "json",
                                          "--field-selector", "reason=LivenessFailed").stdout)["items"]
-    assert {e["type"] for e in events} == {"Warning"} and len(events) >= 2, events
-    assert all("hanging on purpose" in e["message"] for e in events), [e["message"] for e in events]
+    assert {e["type"] for e in events} == {"Warning"}, events
+    by_kind = {k: [e for e in events if e["involvedObject"]["kind"] == k] for k in ("HostRelease", "AppRelease")}
+    # each agent's, with the app's log tail, on its HostRelease; one from the operator on the AppRelease
+    assert len(by_kind["HostRelease"]) >= 2 and len(by_kind["AppRelease"]) == 1, events
+    assert all("hanging on purpose" in e["message"] for e in by_kind["HostRelease"]), events
+    print("$ kubectl get events --field-selector reason=LivenessFailed\n"
+          + world.kubectl_text("get", "events", "--field-selector", "reason=LivenessFailed"))
+    hr_name = next(iter(world.host_releases().values()))["metadata"]["name"]
+    print(f"$ kubectl describe hr {hr_name}  (status.liveness and events)\n"
+          + world.kubectl_text("describe", "hr", hr_name).split("Status:", 1)[-1])
+    print("$ kubectl get hr -o wide (after)\n" + world.kubectl_text("get", "hr", "-o", "wide"))
     print("$ kubectl describe ar (after)\n" + world.kubectl_text("describe", "ar", APP))
 
 
@@ -250,7 +259,7 @@ def test_a_reboot_serves_before_the_agent_and_the_agent_restarts_nothing(world):
     assert after == watchers, f"before {watchers}\nafter {after}\n{agent.log_tail()}"
     assert world.releases(node) == releases
     assert not agent.log_matches(r"start-watcher|ensure-release", offset), agent.log_tail()
-    print("\n$ kubectl get hr (after the reboot of one host)\n" + world.kubectl_text("get", "hr"))
+    print("\n$ kubectl get hr -o wide (after the reboot of one host)\n" + world.kubectl_text("get", "hr", "-o", "wide"))
     print("$ kubectl get ar\n" + world.kubectl_text("get", "ar"))
 
 

@@ -9,7 +9,8 @@ not the agent's children, and a second start or reconcile changes nothing; a uni
 was edited, and a unit that was disabled, are repaired without restarting the running
 daemon; a reboot (every process of the host killed, its systemd started again) serves the
 last good revision before any agent runs, with only the serving revision's watcher, and the
-agent that comes back converges without restarting anything.
+agent that comes back converges without restarting anything; supervisord runs in the unit
+too, and `agent stop` stops and disables it.
 """
 
 from __future__ import annotations
@@ -175,3 +176,20 @@ def test_a_reboot_serves_the_last_good_revision_before_any_agent(sd, host, packa
 
 def _ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_supervisord_runs_in_its_unit_too(short_tmp: Path, package_index):
+    """The other backend: supervisord (nodaemon) as apprelease-supervisor.service."""
+    port = free_port()
+    with systemd_host(short_tmp / "sd") as sd:
+        host = make_unit_host(short_tmp / "root", sd, "supervisord")
+        host.start()
+        daemon = processes_of_unit(sd, units.SUPERVISOR_UNIT)
+        assert any("supervisor.supervisord" in cmd for cmd in daemon.values()), daemon
+        result = core.reconcile(host, release_for(package_index.url, "1.0.0", port=port))
+        assert result.status.phase == "Ready", result.status.message
+        assert served_version(port) == "1.0.0"
+        assert sum("gunicorn" in cmd for cmd in processes_of_unit(sd, units.SUPERVISOR_UNIT).values()) >= 3
+        host.supervisor.stop_daemon()  # `apprelease agent stop`: stopped and disabled
+        state = unit_state(sd, units.SUPERVISOR_UNIT)
+        assert (state["ActiveState"], state["UnitFileState"]) == ("inactive", "disabled"), state

@@ -480,3 +480,17 @@ def test_host_view_reads_liveness_only_while_failing():
     assert host_view(obj({"failing": False, "restarts": 2})).liveness_failure is None
     assert host_view(obj({"failing": True, "restarts": 1, "lastFailure": "x"})).liveness_failure == (
         "x (workers restarted 1 time)")
+
+
+def test_liveness_failure_posts_one_warning_on_the_app_release():
+    import dataclasses
+
+    healthy = rollout("r1", [host("a", "r1"), host("b", "r1")])
+    failing = rollout("r1", [host("a", "r1"), dataclasses.replace(host("b", "r1"), liveness_failure="timed out")])
+    before = compute_status(healthy, None, T0)
+    during = compute_status(failing, before, T0)
+    events = rollout_events(before, during, failing, Step(), failing.hosts, 1)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "LivenessFailed")]
+    assert "host b: live revision r1 fails its liveness probe: timed out" in events[0].message
+    still = compute_status(failing, during, T0)
+    assert rollout_events(during, still, failing, Step(), failing.hosts, 1) == []

@@ -214,6 +214,11 @@ def rollout_events(
         and degraded_before.message == degraded_now.message
     ):
         events.append(Event("Warning", HOST_CONFLICT, degraded_now.message))
+    # Once per episode on the AppRelease (the agent's Events, with the log tail, are on the HostRelease).
+    if (degraded_now is not None and degraded_now.status == "True" and degraded_now.reason == LIVENESS_FAILED
+            and not (degraded_before is not None and degraded_before.status == "True"
+                     and degraded_before.reason == LIVENESS_FAILED)):
+        events.append(Event("Warning", LIVENESS_FAILED, degraded_now.message))
 
     progressing_before, progressing_now = condition(previous, PROGRESSING), condition(new, PROGRESSING)
     if progressing_now is not None and progressing_now.reason != (progressing_before.reason if progressing_before else None):
