@@ -455,7 +455,8 @@ class ClusterAgent:
     def _probe(self, key: str) -> None:
         obj = self.cache.get(key)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
-            self._forget_liveness(key)
+            for memory in (self._trackers, self._liveness, self._next_probe):
+                memory.pop(key, None)
             return
         try:
             release = HostRelease.model_validate(obj)
@@ -478,7 +479,12 @@ class ClusterAgent:
         if probe.revision is None:
             return
         held = stored.liveness  # what an earlier agent process reported: counts go on from there
-        tracker = self._trackers.get(key) or (
+        known = self._trackers.get(key)
+        new_revision = known is not None and known.revision != probe.revision
+        if new_revision:  # a rotation happened: what was said of the old revision goes
+            held = None
+            self._liveness[key] = None
+        tracker = (None if new_revision else known) or (
             liveness.Tracker(probe.revision, restarts=held.restarts, failing=held.failing,
                              last_failure=held.last_failure)
             if held is not None else liveness.Tracker(probe.revision))
@@ -504,7 +510,7 @@ class ClusterAgent:
                         f"({probe.detail}); its workers were restarted gracefully. Log tail:\n"
                         f"{tail[-EVENT_TAIL_CHARS:]}", api=self._probe_api)
         self._liveness[key] = current
-        if outcome.changed or outcome.restart:
+        if outcome.changed or outcome.restart or new_revision:
             if stored.liveness != current:
                 self._write_status(key, obj, stored, api=self._probe_api)
 
@@ -538,8 +544,12 @@ class ClusterAgent:
         """
         if not self.health.synced.is_set():
             return
-        # A daemon (or, with systemd, its unit) someone stopped, edited or disabled.
-        self.host.ensure_daemons()
+        # A daemon (or, with systemd, its unit) someone stopped, edited or disabled. Its
+        # failure must not keep orphans on the host: logged, tried again at the next sweep.
+        try:
+            self.host.ensure_daemons()
+        except Exception:  # noqa: BLE001
+            log.exception("repairing the host's daemons failed; trying again at the next resync")
         for orphan in sync.orphan_app_keys(self.apps_on_host(), self.cache.values()):
             namespace, app = sync.split_app_key(orphan)
             removal = core.remove(self.host, namespace, app)
