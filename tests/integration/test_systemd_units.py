@@ -10,7 +10,10 @@ was edited, and a unit that was disabled, are repaired without restarting the ru
 daemon; a reboot (every process of the host killed, its systemd started again) serves the
 last good revision before any agent runs, with only the serving revision's watcher, and the
 agent that comes back converges without restarting anything; supervisord runs in the unit
-too, and `agent stop` stops and disables it.
+too, and `agent stop` stops and disables it; resources.memoryMax and cpuWeight put each
+revision's gunicorn into its own scope under the app's slice, rotations under load fail no
+request, and a worker over the limit is killed by the kernel, replaced by gunicorn, and the
+status says why.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 from apprelease.host import core, plan, units
 from apprelease.host.layout import app_key, watcher_name
 from support.hosts import SERVER_NAME, release_for
+from support.load import assert_no_failed_requests, rotate_under_load
 from support.nginx import free_port, http_get
 from support.systemd import SystemdHost, make_unit_host, processes_of_unit, systemd_host, unit_state
 
@@ -193,3 +197,49 @@ def test_supervisord_runs_in_its_unit_too(short_tmp: Path, package_index):
         host.supervisor.stop_daemon()  # `apprelease agent stop`: stopped and disabled
         state = unit_state(sd, units.SUPERVISOR_UNIT)
         assert (state["ActiveState"], state["UnitFileState"]) == ("inactive", "disabled"), state
+
+
+def test_resources_are_enforced_per_revision_and_an_oom_kill_is_reported(short_tmp: Path, package_index):
+    """resources.memoryMax/cpuWeight: each revision's gunicorn runs in its own scope under the
+    app's slice; rotations under load stay at 0 failed requests; a worker over the limit is
+    killed by the kernel, gunicorn starts another, and the status says why."""
+    port = free_port()
+    limits = {"resources": {"memoryMax": "160M", "cpuWeight": 50}}
+    with systemd_host(short_tmp / "sd") as sd:
+        host = make_unit_host(short_tmp / "root", sd)
+        host.start()
+
+        def deploy(version: str) -> core.Result:
+            result = core.reconcile(host, release_for(package_index.url, version, port=port, extra=limits))
+            assert result.status.phase == "Ready", result.status.message
+            return result
+
+        revision = deploy("1.0.0").status.serving_revision
+        scope = units.revision_scope(watcher_name(KEY, revision))
+        state = unit_state(sd, scope)
+        assert state["ActiveState"] == "active", state
+        assert state["ControlGroup"] == f"/apprelease.slice/{units.app_slice(KEY)}/{scope}", state
+        limit = sorted(sd.systemctl("show", scope, "--property=MemoryMax,CPUWeight").stdout.split())
+        assert limit == ["CPUWeight=50", f"MemoryMax={160 << 20}"], limit
+        assert sum("gunicorn" in cmd for cmd in processes_of_unit(sd, scope).values()) == 3  # master + 2 workers
+        tally = rotate_under_load(port, lambda i: deploy(("1.0.0", "2.0.0")[i % 2]), 4,
+                                  label="rotations with a scope per revision", host_header=SERVER_NAME,
+                                  expect=["1.0.0", "2.0.0"], max_seconds=200)
+        assert_no_failed_requests([tally])
+        revision = deploy("1.0.0").status.serving_revision
+        scope = units.revision_scope(watcher_name(KEY, revision))
+        master = host.supervisor.main_pid(watcher_name(KEY, revision))
+        try:
+            hog = http_get(port, "/hog?mb=400", SERVER_NAME)
+            assert hog.status == 502, hog  # the worker died under the request
+        except OSError:
+            pass
+        deadline = time.monotonic() + 30
+        while served_version(port) != "1.0.0":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        result = deploy("1.0.0")
+        assert result.status.oom_kills and result.status.oom_kills >= 1, result.status
+        assert "killed 1 of its processes for exceeding resources.memoryMax 160M" in (result.status.message or "")
+        assert host.supervisor.main_pid(watcher_name(KEY, revision)) == master  # gunicorn replaced its worker
+        print(f"\nOOM kill reported: {result.status.message}")

@@ -46,6 +46,7 @@ def make_unit_host(root: Path, sd: SystemdHost, backend: str = "circus", *,
         supervisor=make_supervisor(backend, layout, executor, services=services),
         nginx=Nginx(layout, executor, listen_address=listen_address, services=services),
         uv=uv_binary(),
+        services=services,
     )
 
 

@@ -4,7 +4,9 @@ Covers: the plan as a matrix (first install, converged, drift of the text, disab
 failed, starting) and that a running unit is never restarted; rendered units: ExecStart
 that systemd splits back into the argv (%, $, spaces, quotes), the supervisor unit's kill
 mode and restart policy, the nginx unit's reload and graceful stop; the executor's pid
-translation is the identity without a target.
+translation is the identity without a target; the scope command line of a revision with
+resources, and that such a watcher is not given a user by the supervisor (systemd-run drops
+to it).
 """
 
 from __future__ import annotations
@@ -87,3 +89,41 @@ def test_nginx_unit():
 
 def test_pids_are_the_hosts_without_a_target():
     assert LocalExecutor().visible_pid(4242) == 4242
+
+
+def test_scope_argv_puts_a_revision_in_its_apps_slice_with_its_limits():
+    argv = units.scope_argv(watcher="ar_shop_web_r1", key="shop_web", user="u", group="g", memory_max="256M",
+                            cpu_weight=50)
+    assert argv == ("/usr/bin/systemd-run", "--scope", "--quiet", "--collect", "--unit=ar_shop_web_r1.scope",
+                    "--slice=apprelease-shop_web.slice", "-p", "MemoryMax=256M", "-p", "CPUWeight=50",
+                    "--uid=u", "--gid=g", "--")
+    only_cpu = units.scope_argv(watcher="w", key="k", user="u", group="u", memory_max=None, cpu_weight=10)
+    assert "-p" in only_cpu and not any(a.startswith("MemoryMax") for a in only_cpu)
+
+
+def test_a_scoped_watcher_is_started_as_root_and_drops_to_the_app_user_in_systemd_run():
+    from pathlib import Path
+
+    from apprelease.host.supervisors.circus import render_watcher, watcher_options
+    from apprelease.host.supervisors.supervisord import render_program
+    from apprelease.host.watchers import WatcherSpec
+
+    plain = WatcherSpec(name="ar_k_r1", argv=("/v/bin/python", "-m", "gunicorn"), cwd=Path("/r"), user="u", group="u")
+    scoped = WatcherSpec(name="ar_k_r1", argv=plain.argv, cwd=plain.cwd, user="u", group="u",
+                         scope=units.scope_argv(watcher="ar_k_r1", key="k", user="u", group="u", memory_max="1G",
+                                                cpu_weight=None))
+    assert watcher_options(plain)["uid"] == "u" and "uid" not in watcher_options(scoped)
+    assert watcher_options(scoped)["cmd"].startswith("'/usr/bin/systemd-run' '--scope'")
+    assert "\nuid = u\n" in render_watcher(plain) and "uid =" not in render_watcher(scoped)
+    assert "\nuser = u\n" in render_program(plain) and "user =" not in render_program(scoped)
+
+
+def test_resources_are_part_of_the_revision_only_when_set():
+    from apprelease.api import identity
+    from apprelease.api.models import Resources
+    from support.hosts import app_release
+
+    plain = app_release("http://index.invalid/simple", "1.0.0", port=8080).spec
+    limited = plain.model_copy(update={"resources": Resources(memory_max="256M")})
+    assert identity.revision(limited) != identity.revision(plain)
+    assert "resources" not in plain.wire()  # an existing spec keeps its revision

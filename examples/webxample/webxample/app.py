@@ -3,9 +3,10 @@
 Plain WSGI, no framework, so the sample's only dependency is its server. Each route exists
 for a test: `/version` tells which release and process answered (rotations), `/healthz` can
 be made to fail (health gate) or to hang in workers started before a given moment (liveness:
-a deadlock after the switch), `/slow` holds a request open (graceful stops), `/echo` checks
-request bodies arrive whole (POSTs during rotations), `/page` names this release's hashed
-stylesheet, which nginx serves (static files that must match the code during rotations).
+a deadlock after the switch), `/slow` holds a request open (graceful stops), `/hog?mb=N`
+holds N MiB for a moment (memory limits), `/echo` checks request bodies arrive whole (POSTs
+during rotations), `/page` names this release's hashed stylesheet, which nginx serves (static
+files that must match the code during rotations).
 """
 
 from __future__ import annotations
@@ -101,6 +102,18 @@ def slow(environ: dict[str, Any]) -> Response:
     return _text(200, f"slept {seconds:g}s\n")
 
 
+def hog(environ: dict[str, Any]) -> Response:
+    """Hold `mb` MiB (touched, so resident) for half a second: over a memory limit the kernel kills this worker."""
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    try:
+        mb = int(query.get("mb", ["1"])[0])
+    except ValueError:
+        return _text(400, "mb must be an integer\n")
+    held = b"x" * (min(max(mb, 0), 4096) << 20)
+    time.sleep(0.5)
+    return _text(200, f"held {len(held) >> 20} MiB\n")
+
+
 def echo(environ: dict[str, Any]) -> Response:
     stream = environ["wsgi.input"]
     digest = hashlib.sha256()
@@ -126,6 +139,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], Response]]] 
     "/healthz": (("GET", "HEAD"), healthz),
     "/slow": (("GET", "HEAD"), slow),
     "/echo": (("POST",), echo),
+    "/hog": (("GET",), hog),
 }
 
 

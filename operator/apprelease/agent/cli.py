@@ -76,6 +76,7 @@ def make_host(args: argparse.Namespace) -> core.Host:
         proxy_group=args.proxy_user,
         recorder=metrics.AgentRecorder(),
         allowed_users=allowed_users(args.allow_existing_user),
+        services=services,
     )
 
 

@@ -82,6 +82,8 @@ def revision(spec: ReleaseTemplate) -> str:
     # Left out when unset, like restartedAt: revisions from before these fields keep their hash.
     if spec.release is not None:
         runtime["release"] = spec.release.wire()
+    if spec.resources is not None:
+        runtime["resources"] = spec.resources.wire()
     if spec.processes:
         runtime["processes"] = {name: p.wire() for name, p in spec.processes.items()}
     return "r" + _digest(runtime, 11)

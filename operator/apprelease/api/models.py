@@ -188,6 +188,19 @@ class Proxy(Model):
         return static
 
 
+class Resources(Model):
+    """Limits of one revision's gunicorn (master and workers together): a systemd scope per revision."""
+
+    memory_max: str | None = Field(
+        default=None, pattern=r"^[1-9][0-9]{0,6}[KMG]$",
+        description="Memory limit, e.g. 512M: above it the kernel kills the largest process (a worker; gunicorn "
+                    "starts another) and status.oomKills counts it.",
+    )
+    cpu_weight: int | None = Field(
+        default=None, ge=1, le=10000, description="CPU weight against other apps (systemd CPUWeight, default 100)."
+    )
+
+
 DEFAULT_FAILURE_THRESHOLD = 3
 DEFAULT_PROBE_TIMEOUT_SECONDS = 10
 
@@ -358,6 +371,11 @@ class ReleaseTemplate(Model):
         max_length=10,
         description="Processes beside the web server (workers, schedulers), started and stopped with each revision.",
         json_schema_extra={"x-kubernetes-validations": [_PROCESS_NAMES_CEL]},
+    )
+    resources: Resources | None = Field(
+        default=None,
+        description="Kernel-enforced limits of each revision's web processes (cgroups through the host's systemd; "
+                    "ignored on hosts without systemd).",
     )
     revision_history_limit: int = Field(
         default=5, ge=1, le=50, description="Releases kept on disk for rollback besides the serving one."
@@ -539,6 +557,8 @@ class HostReleaseStatus(Model):
         default=None, description="The last release command run on this host (its output: logs/<revision>.release.log).")
     processes: list[ProcessStatus] = Field(default_factory=list, description="Process types of the serving revision.")
     liveness: LivenessStatus | None = Field(default=None, description="Liveness of the serving revision.")
+    oom_kills: int | None = Field(
+        default=None, description="Processes of the serving revision the kernel killed for exceeding resources.memoryMax.")
     history: list[RevisionEvent] = Field(default_factory=list, description="Revisions this host switched to.")
     retained_build_ids: list[str] = Field(
         default_factory=list, description="buildIds whose venv is on this host's disk: a rollback to them builds nothing."

@@ -31,7 +31,7 @@ from ..api.models import (
     Proxy,
     ReleaseCommandRecord,
 )
-from . import builder, drain, health, plan, release_command, state, users
+from . import builder, drain, health, plan, release_command, state, units, users
 from .progress import BUILDING, PHASE_OF_STEP, Progress, no_progress
 from .executor import LocalExecutor
 from .layout import (
@@ -50,6 +50,7 @@ from .proxy.render import site_claims
 from .recorder import Recorder, SilentRecorder
 from .servers import UnsupportedServer
 from .supervisors.base import Supervisor
+from .systemd import Systemd
 from .watchers import ProgramNotFound, app_environment, process_watchers, program_argv, watcher_for
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Host:
     recorder: Recorder = field(default_factory=SilentRecorder)
     # namespace -> accounts apprelease did not create that the host's admin lets its apps use
     allowed_users: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # The host's systemd (the DaemonSet on a systemd host): spec.resources become a scope per revision.
+    services: Systemd | None = None
 
     def start(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
@@ -371,7 +374,8 @@ class _Apply:
         self.paths.socket(revision).unlink(missing_ok=True)  # a stale socket from a crash
         software = builder.server_software(self.paths.release(self.spec.build_id))
         try:
-            watcher = watcher_for(self.host.layout, self.key, self.spec, software)
+            watcher = watcher_for(self.host.layout, self.key, self.spec, software,
+                                  scoped=self.host.services is not None)
         except UnsupportedServer as exc:
             # As final as a failed health check: this venv will never run this spec.
             message = f"revision {revision} ({self.spec.version}) cannot start: {exc}"
@@ -553,7 +557,39 @@ def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None,
         paths.spec_file.write_text(json.dumps(release.wire(), indent=2))
     result.status = _status(release, paths, app_state, error)
     result.status.processes = process_statuses(host.supervisor, key, spec, result.status.serving_revision)
+    serving = result.status.serving_revision
+    if host.services is not None and spec.resources is not None and serving is not None:
+        killed = oom_kills(host, key, serving)
+        result.status.oom_kills = killed
+        if killed and result.status.phase == "Ready":
+            result.status.message = (f"{result.status.message}; the kernel killed {killed} of its processes for "
+                                     f"exceeding resources.memoryMax {spec.resources.memory_max}")
     return result
+
+
+def oom_kills(host: Host, key: str, revision: str) -> int | None:
+    """Processes of the revision's scope the kernel killed at its memory limit (None: no scope).
+
+    Read from the scope's cgroup on the host: memory.events (cgroup v2) or memory.oom_control
+    (v1, as on this project's test machines); both count `oom_kill`.
+    """
+    assert host.services is not None
+    scope = units.revision_scope(watcher_name(key, revision))
+    group = host.services.systemctl("show", "--property=ControlGroup", "--value", scope, check=False)
+    if not group.startswith("/"):
+        return None
+    cgroups = host.executor.host_root / "sys/fs/cgroup"
+    for path in (cgroups / group.lstrip("/") / "memory.events",
+                 cgroups / "memory" / group.lstrip("/") / "memory.oom_control"):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
 
 
 def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, error: StepFailed | None) -> HostReleaseStatus:

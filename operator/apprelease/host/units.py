@@ -135,3 +135,37 @@ def render_nginx_unit(*, root: str, argv: Sequence[str], pidfile: str, stop_seco
         + "\n[Install]\n"
         + f"WantedBy={WANTED_BY}\n"
     )
+
+
+# -- resources: one transient scope per revision ------------------------------------------------
+
+SYSTEMD_RUN = "/usr/bin/systemd-run"  # absolute: the supervisor runs watchers with no PATH of its own
+
+
+def app_slice(key: str) -> str:
+    """The slice of an app's scopes: under apprelease.slice ('-' nests slices)."""
+    return f"apprelease-{key}.slice"
+
+
+def revision_scope(watcher: str) -> str:
+    """The transient scope one revision's gunicorn runs in (one at a time: the watcher's process)."""
+    return f"{watcher}.scope"
+
+
+def scope_argv(*, watcher: str, key: str, user: str, group: str, memory_max: str | None,
+               cpu_weight: int | None) -> tuple[str, ...]:
+    """What goes before the watcher's command so that it runs in its own scope with the limits.
+
+    `systemd-run --scope` asks systemd for a scope holding its own pid, then execs the command:
+    the pid, the signals, the supervisor's restarts stay as they are, and the kernel enforces
+    the limits on the revision's master and workers together. It also drops to the app's user
+    (--uid/--gid), so the supervisor starts it as root. Why per revision and not per app: during
+    a rotation old and new workers run at once; one app-wide limit would count both.
+    """
+    properties = []
+    if memory_max is not None:
+        properties += ["-p", f"MemoryMax={memory_max}"]
+    if cpu_weight is not None:
+        properties += ["-p", f"CPUWeight={cpu_weight}"]
+    return (SYSTEMD_RUN, "--scope", "--quiet", "--collect", f"--unit={revision_scope(watcher)}",
+            f"--slice={app_slice(key)}", *properties, f"--uid={user}", f"--gid={group}", "--")

@@ -179,8 +179,9 @@ def decode_env(encoded: Mapping[str, str]) -> dict[str, str]:
 
 
 def launch_argv(spec: WatcherSpec) -> list[str]:
-    """The command the daemon runs: the release's interpreter as launcher, then spec.argv."""
-    return launcher_argv(spec.argv, spec.name)
+    """The command the daemon runs: the release's interpreter as launcher, then spec.argv;
+    behind the revision's systemd scope when it has one."""
+    return [*spec.scope, *launcher_argv(spec.argv, spec.name)]
 
 
 def launcher_argv(argv: Sequence[str], what: str) -> list[str]:

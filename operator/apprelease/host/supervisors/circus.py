@@ -60,8 +60,9 @@ def watcher_options(spec: WatcherSpec) -> dict[str, Any]:
     return {
         "cmd": command_line(launch_argv(spec)),
         "working_dir": plain(spec.cwd, f"{spec.name} working directory"),
-        "uid": plain(spec.user, f"{spec.name} user"),
-        "gid": plain(spec.group, f"{spec.name} group"),
+        # With a scope, systemd-run drops to the app's user (units.scope_argv): circus starts it as root.
+        **({} if spec.scope else {"uid": plain(spec.user, f"{spec.name} user"),
+                                  "gid": plain(spec.group, f"{spec.name} group")}),
         "env": encode_env(spec.env),
         "copy_env": False,
         "numprocesses": 1,
@@ -81,8 +82,8 @@ def render_watcher(spec: WatcherSpec) -> str:
         name=plain(spec.name, "watcher name"),
         cmd=options["cmd"],
         working_dir=options["working_dir"],
-        uid=options["uid"],
-        gid=options["gid"],
+        uid=options.get("uid"),
+        gid=options.get("gid"),
         stop_signal=options["stop_signal"],
         graceful_timeout=options["graceful_timeout"],
         streams={s: options[s] for s in ("stdout_stream", "stderr_stream")},

@@ -70,7 +70,8 @@ def render_program(spec: WatcherSpec) -> str:
         directory=plain(spec.cwd, f"{spec.name} working directory"),
         # supervisord runs the program with the user's primary group (and its supplementary
         # groups); watcher_for sets group = user, the group useradd --user-group made.
-        user=plain(spec.user, f"{spec.name} user"),
+        # With a scope, systemd-run drops to the app's user (units.scope_argv).
+        user=None if spec.scope else plain(spec.user, f"{spec.name} user"),
         environment=environment_value(encode_env(spec.env)),
         env_names=sorted(spec.env),
         stop_signal=signal.Signals(spec.stop_signal).name.removeprefix("SIG"),
