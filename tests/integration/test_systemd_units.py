@@ -12,8 +12,8 @@ last good revision before any agent runs, with only the serving revision's watch
 agent that comes back converges without restarting anything; supervisord runs in the unit
 too, and `agent stop` stops and disables it; resources.memoryMax and cpuWeight put each
 revision's gunicorn into its own scope under the app's slice, rotations under load fail no
-request, and a worker over the limit is killed by the kernel, replaced by gunicorn, and the
-status says why.
+request, a worker over the limit is killed by the kernel, replaced by gunicorn, and the
+status says why, and after a reboot the revision is back in its scope.
 """
 
 from __future__ import annotations
@@ -243,3 +243,15 @@ def test_resources_are_enforced_per_revision_and_an_oom_kill_is_reported(short_t
         assert "killed 1 of its processes for exceeding resources.memoryMax 160M" in (result.status.message or "")
         assert host.supervisor.main_pid(watcher_name(KEY, revision)) == master  # gunicorn replaced its worker
         print(f"\nOOM kill reported: {result.status.message}")
+        # after a reboot circusd starts the revision in its scope again, before any agent
+        sd.reboot()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if served_version(port) == "1.0.0":
+                    break
+            except (OSError, AssertionError):
+                pass
+            assert time.monotonic() < deadline, "nothing served after the reboot"
+            time.sleep(0.1)
+        assert unit_state(sd, scope)["ActiveState"] == "active"
