@@ -44,13 +44,17 @@ class AgentProcess:
     # listenPort) need addresses of their own: any of 127.0.0.0/8 works on Linux.
     listen_address: str = "127.0.0.1"
     extra_args: Sequence[str] = ()
+    # Host options of `run` and `stop` both, e.g. --host-namespaces --host-pid P (a systemd test host)
+    host_extra: Sequence[str] = ()
+    env_extra: dict[str, str] = field(default_factory=dict)  # e.g. PYTHONPATH of another build of the agent
     health_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def host_args(self) -> list[str]:
         """The host options `apprelease agent run|stop|status` share."""
-        return ["--root", str(self.root), "--supervisor", self.supervisor, "--listen-address", self.listen_address]
+        return ["--root", str(self.root), "--supervisor", self.supervisor, "--listen-address", self.listen_address,
+                *self.host_extra]
 
     def argv(self) -> list[str]:
         return [
@@ -63,7 +67,7 @@ class AgentProcess:
         if self.running:
             raise RuntimeError(f"agent {self.node} is already running (pid {self.proc.pid})")
         self.root.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NODE_NAME")}
+        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NODE_NAME")} | self.env_extra
         with self.log_path.open("ab") as out:
             out.write(f"\n==== {time.strftime('%H:%M:%S')} starting: {' '.join(self.argv())}\n".encode())
             out.flush()

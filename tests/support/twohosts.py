@@ -35,9 +35,11 @@ class TwoHosts:
 @contextlib.contextmanager
 def two_hosts(cp: ControlPlane, *, namespace: str, addresses: dict[str, str], selector: dict[str, str],
               logs: Path, roots: Path, agent_args: Sequence[str] = (), create_namespace: bool = True,
+              host_args: dict[str, Sequence[str]] | None = None,
               before_teardown: Callable[[], object] = lambda: None) -> Iterator[TwoHosts]:
     """`roots` short: unix socket paths live under it; each agent's root is named by its
-    node name's last 8 characters."""
+    node name's last 8 characters. `host_args`: per node host options (e.g. the
+    --host-namespaces --host-pid of a systemd test host)."""
     if create_namespace:
         cp.kubectl("create", "namespace", namespace)
     for node in addresses:
@@ -46,7 +48,7 @@ def two_hosts(cp: ControlPlane, *, namespace: str, addresses: dict[str, str], se
     roots.mkdir(mode=0o755)
     agents = {node: AgentProcess(node=node, root=roots / node[-8:], kubeconfig=cp.kubeconfig_path,
                                  log_path=logs / f"{node}.log", listen_address=address, resync_seconds=2,
-                                 extra_args=list(agent_args))
+                                 extra_args=list(agent_args), host_extra=list((host_args or {}).get(node, ())))
               for node, address in addresses.items()}
     operator = OperatorProcess(cp, logs / "operator.log", namespaces=[namespace])
     try:

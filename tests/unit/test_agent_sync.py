@@ -156,7 +156,11 @@ def test_finalizer_lists():
     (status(phase="Failed", message="boom"), status(phase="Failed", message="boom"), None),
     (status(), status(phase="Failed", reason="Conflict", message="Conflict: a/b already serves x on port 80"),
      "Conflict"),
-], ids=["first-ready", "new-revision", "resync", "fails", "still-failing", "conflict"])
+    (status(serving_revision="r1", oom_kills=0), status(serving_revision="r1", oom_kills=1), "OOMKilled"),
+    (status(serving_revision="r1", oom_kills=1), status(serving_revision="r1", oom_kills=1), None),
+    (status(serving_revision="r1", oom_kills=3), status(serving_revision="r2", oom_kills=None), "Reconciled"),
+], ids=["first-ready", "new-revision", "resync", "fails", "still-failing", "conflict", "oom-kill", "oom-already-told",
+        "new-revision-counts-afresh"])
 def test_events_only_on_news(old, new, reason):
     event = sync.event_for(old, new)
     assert (event[1] if event else None) == reason

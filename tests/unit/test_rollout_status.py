@@ -454,3 +454,43 @@ def test_hosts_show_the_process_types_their_agents_report():
                  serving_revision="r1", processes="worker 2/2")
     s = compute_status(rollout("r1", [a, host("b", "r1")]), None, T0)
     assert [(h.node, h.processes) for h in s.hosts] == [("a", "worker 2/2"), ("b", None)]
+
+
+def test_degraded_while_a_live_revision_fails_its_liveness_probe():
+    """Liveness (agent/cluster.py's prober): the host stays Ready and serving, the app is Degraded."""
+    import dataclasses
+
+    failing = dataclasses.replace(host("b", "r1"), liveness_failure="/healthz: TimeoutError (workers restarted 1 time)")
+    s = compute_status(rollout("r1", [host("a", "r1"), failing]), None, T0)
+    assert reasons(s)["Degraded"] == ("True", "LivenessFailed")
+    assert reasons(s)["Available"] == ("True", "MinimumHostsAvailable")
+    assert condition(s, "Degraded").message == (
+        "host b: live revision r1 fails its liveness probe: /healthz: TimeoutError (workers restarted 1 time)")
+    # a failed rollout is named first
+    s = compute_status(rollout("r2", [host("a", "r2", "Failed", serving="r1", message="boom"), failing]), None, T0)
+    assert reasons(s)["Degraded"] == ("True", "HostFailed")
+
+
+def test_host_view_reads_liveness_only_while_failing():
+    def obj(liveness):
+        return {"metadata": {"name": "app-a", "generation": 1}, "spec": {"node": "a"},
+                "status": {"liveness": liveness} if liveness else {}}
+
+    assert host_view(obj(None)).liveness_failure is None
+    assert host_view(obj({"failing": False, "restarts": 2})).liveness_failure is None
+    assert host_view(obj({"failing": True, "restarts": 1, "lastFailure": "x"})).liveness_failure == (
+        "x (workers restarted 1 time)")
+
+
+def test_liveness_failure_posts_one_warning_on_the_app_release():
+    import dataclasses
+
+    healthy = rollout("r1", [host("a", "r1"), host("b", "r1")])
+    failing = rollout("r1", [host("a", "r1"), dataclasses.replace(host("b", "r1"), liveness_failure="timed out")])
+    before = compute_status(healthy, None, T0)
+    during = compute_status(failing, before, T0)
+    events = rollout_events(before, during, failing, Step(), failing.hosts, 1)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "LivenessFailed")]
+    assert "host b: live revision r1 fails its liveness probe: timed out" in events[0].message
+    still = compute_status(failing, during, T0)
+    assert rollout_events(during, still, failing, Step(), failing.hosts, 1) == []

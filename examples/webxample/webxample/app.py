@@ -2,9 +2,11 @@
 
 Plain WSGI, no framework, so the sample's only dependency is its server. Each route exists
 for a test: `/version` tells which release and process answered (rotations), `/healthz` can
-be made to fail (health gate), `/slow` holds a request open (graceful stops), `/echo` checks
-request bodies arrive whole (POSTs during rotations), `/page` names this release's hashed
-stylesheet, which nginx serves (static files that must match the code during rotations).
+be made to fail (health gate) or to hang in workers started before a given moment (liveness:
+a deadlock after the switch), `/slow` holds a request open (graceful stops), `/hog?mb=N`
+holds N MiB for a moment (memory limits), `/echo` checks request bodies arrive whole (POSTs
+during rotations), `/page` names this release's hashed stylesheet, which nginx serves (static
+files that must match the code during rotations).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from . import __version__
 SERVED_BY = f"webxample/{__version__}"
 STATIC_URL = "/static/"  # where the example AppRelease's proxy.static serves webxample/static/
 MAX_SLOW_SECONDS = 10.0
+HANG_SECONDS = 120.0
+# This worker's start: the app is imported in each gunicorn worker (no --preload).
+WORKER_STARTED = time.time()
 CHUNK = 64 * 1024
 
 StartResponse = Callable[..., Any]
@@ -64,7 +69,21 @@ def version(environ: dict[str, Any]) -> Response:
     return _json(200, {"version": __version__, "pid": os.getpid()})
 
 
+def _hangs() -> bool:
+    """WEBXAMPLE_HANG_FILE names a file; while it exists, workers started before it was last
+    touched hang on /healthz (a deadlock); workers started after it (a restart) do not."""
+    path = os.environ.get("WEBXAMPLE_HANG_FILE")
+    try:
+        return bool(path) and os.stat(path).st_mtime >= WORKER_STARTED
+    except OSError:
+        return False
+
+
 def healthz(environ: dict[str, Any]) -> Response:
+    if _hangs():
+        print(f"webxample: /healthz hanging on purpose (WEBXAMPLE_HANG_FILE, worker {os.getpid()})",
+              file=sys.stderr, flush=True)
+        time.sleep(HANG_SECONDS)
     # Read per request, so a test can start a revision whose health check fails.
     if os.environ.get("WEBXAMPLE_FAIL_HEALTH") == "1":
         print("webxample: /healthz failing on purpose (WEBXAMPLE_FAIL_HEALTH=1)", file=sys.stderr, flush=True)
@@ -81,6 +100,18 @@ def slow(environ: dict[str, Any]) -> Response:
     seconds = min(max(seconds, 0.0), MAX_SLOW_SECONDS)
     time.sleep(seconds)
     return _text(200, f"slept {seconds:g}s\n")
+
+
+def hog(environ: dict[str, Any]) -> Response:
+    """Hold `mb` MiB (touched, so resident) for half a second: over a memory limit the kernel kills this worker."""
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    try:
+        mb = int(query.get("mb", ["1"])[0])
+    except ValueError:
+        return _text(400, "mb must be an integer\n")
+    held = b"x" * (min(max(mb, 0), 4096) << 20)
+    time.sleep(0.5)
+    return _text(200, f"held {len(held) >> 20} MiB\n")
 
 
 def echo(environ: dict[str, Any]) -> Response:
@@ -108,6 +139,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], Response]]] 
     "/healthz": (("GET", "HEAD"), healthz),
     "/slow": (("GET", "HEAD"), slow),
     "/echo": (("POST",), echo),
+    "/hog": (("GET",), hog),
 }
 
 

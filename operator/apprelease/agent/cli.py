@@ -31,8 +31,9 @@ from .. import metrics
 from ..api.manifests import ManifestError, load_documents, parse_resource
 from ..api.models import HostRelease
 from ..logs import JsonFormatter
-from ..host import core, state
+from ..host import core, state, systemd
 from ..host.executor import HostExecutor, LocalExecutor
+from ..host.systemd import Systemd
 from ..host.layout import HostLayout, parse_watcher_name
 from ..host.proxy.nginx import Nginx
 from ..host.supervisors import make_supervisor
@@ -53,23 +54,29 @@ def add_host_options(parser: argparse.ArgumentParser) -> None:
                         type=_namespace_user,
                         help="let apps of NAMESPACE run as USER although apprelease did not create it (repeatable)")
     parser.add_argument("--host-namespaces", action="store_true",
-                        help="run host commands through nsenter -t 1 (the agent in a DaemonSet pod)")
+                        help="run host commands through nsenter -t 1 (the agent in a DaemonSet pod); on a "
+                             "host with systemd the supervisor and nginx then run as systemd units")
+    parser.add_argument("--host-pid", type=int, default=1, metavar="PID",
+                        help="with --host-namespaces: the host's init (default 1; tests give a test host's systemd)")
 
 
 def make_host(args: argparse.Namespace) -> core.Host:
     layout = HostLayout(Path(args.root).resolve())
-    executor = HostExecutor() if args.host_namespaces else LocalExecutor()
+    executor = HostExecutor(args.host_pid) if args.host_namespaces else LocalExecutor()
+    # Only in the host's namespaces: a standalone --root agent keeps its detached daemons.
+    services = Systemd(executor) if args.host_namespaces and systemd.booted(executor) else None
     uv = None if args.no_uv else shutil.which("uv") or _venv_uv()
     return core.Host(
         layout=layout,
         executor=executor,
-        supervisor=make_supervisor(args.supervisor, layout, executor),
+        supervisor=make_supervisor(args.supervisor, layout, executor, services=services),
         nginx=Nginx(layout, executor, listen_address=args.listen_address, worker_user=args.proxy_user,
-                    default_http_ports=tuple(args.catch_all_port)),
+                    default_http_ports=tuple(args.catch_all_port), services=services),
         uv=uv,
         proxy_group=args.proxy_user,
         recorder=metrics.AgentRecorder(),
         allowed_users=allowed_users(args.allow_existing_user),
+        services=services,
     )
 
 

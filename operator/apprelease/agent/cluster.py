@@ -10,6 +10,10 @@ Started by `apprelease agent run` (agent/cli.py). Three threads:
   its live phases, throttled, from a short-lived thread: agent/phases.py), Events; on deletion
   `core.remove` and the finalizer goes; after each full list it also removes apps on disk
   that no HostRelease names any more ("sweep"); failures are retried with backoff;
+- the prober (only for apps with `healthCheck.periodSeconds`) probes each app's live
+  revision through its socket, restarts its workers gracefully after `failureThreshold`
+  failures in a row (decisions: host/liveness.py), and reports it in `status.liveness` and a
+  `Warning` Event `LivenessFailed` with the app's log tail;
 - the caller's thread (`run`) re-enqueues every known key each `resync_seconds`, which
   repairs drift on the host (core's plan restores what is missing without a build), and
   stops everything when `stop` is set (SIGTERM): the current reconcile finishes first.
@@ -29,14 +33,15 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from .. import metrics
+from .. import __version__, metrics
 from ..api.manifests import explain
-from ..api.models import HostRelease, HostReleaseStatus, LogEndpoint
-from ..host import core, plan
+from ..api.models import HostRelease, HostReleaseStatus, LivenessStatus, LogEndpoint
+from ..host import core, liveness, plan
 from ..host.layout import app_key, app_of_watcher
 from ..host.progress import no_progress
 from . import kube, phases, sync
@@ -46,6 +51,9 @@ from .workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 SWEEP = "<sweep>"  # queue item: remove apps no HostRelease names (never a key: keys hold a '/')
+LIVENESS_FAILED = "LivenessFailed"  # Event reason
+EVENT_TAIL_CHARS = 600  # of the app's log in the Event (the full tail is in status.liveness.logTail)
+PROBER_TICK = 0.5
 
 
 @dataclass
@@ -155,19 +163,26 @@ class ClusterAgent:
         # key -> (uid, status wire) last written: the cache may not have seen our own write yet.
         self._written: dict[str, tuple[str | None, dict]] = {}
         self._written_at: dict[str, float] = {}  # key -> time.monotonic() of that write: phases are throttled from it
+        self._probe_api = api_factory()  # the prober's thread
+        self._status_lock = threading.RLock()  # worker, phase writer and prober write statuses
+        self._trackers: dict[str, liveness.Tracker] = {}  # key -> liveness of its live revision
+        self._liveness: dict[str, LivenessStatus | None] = {}  # key -> what status.liveness says
+        self._next_probe: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         self.host.start()
-        log.info("agent for node %s: watching HostReleases with %s, resync every %gs",
-                 self.settings.node, self.selector, self.settings.resync_seconds)
+        log.info("apprelease %s agent for node %s: watching HostReleases with %s, resync every %gs",
+                 __version__, self.settings.node, self.selector, self.settings.resync_seconds)
         worker = threading.Thread(target=self._work_loop, name="worker")
         # The watcher may sit in a blocking read: a daemon thread, not joined on shutdown.
         watcher = threading.Thread(target=self._watch_loop, args=(stop,), name="watcher", daemon=True)
         self.health.worker_alive = True
+        prober = threading.Thread(target=self._probe_loop, args=(stop,), name="prober", daemon=True)
         worker.start()
         watcher.start()
+        prober.start()
         try:
             while not stop.wait(self.settings.resync_seconds):
                 self.resync()
@@ -389,7 +404,16 @@ class ClusterAgent:
     def _write_status(self, key: str, obj: Obj, status: HostReleaseStatus,
                       api: kube.HostReleaseAPI | None = None) -> None:
         """Patch the status subresource, if `status` says something new."""
+        with self._status_lock:
+            self._write_status_locked(key, obj, status, api)
+
+    def _write_status_locked(self, key: str, obj: Obj, status: HostReleaseStatus,
+                             api: kube.HostReleaseAPI | None) -> None:
         stored, stored_wire = self._stored_status(key, obj)
+        # The prober's view of liveness rides along with every status this agent writes; until
+        # it has probed (a restarted agent), what the server holds stays.
+        held = stored.liveness if stored is not None else None
+        status = status.model_copy(update={"liveness": self._liveness.get(key, held)})
         status = sync.with_ready_condition(status.model_copy(update={"logs": self.settings.log_endpoint}), stored)
         if sync.same_status(stored, status):
             return
@@ -409,13 +433,91 @@ class ClusterAgent:
         if event:
             self._event(updated, *event)
 
-    def _event(self, obj: Obj, event_type: str, reason: str, message: str) -> None:
+    def _event(self, obj: Obj, event_type: str, reason: str, message: str,
+               api: kube.HostReleaseAPI | None = None) -> None:
         """Events are best effort: a failure is logged and the reconcile goes on."""
         try:
-            self._work_api.create_event(obj, event_type=event_type, reason=reason, message=message,
+            (api or self._work_api).create_event(obj, event_type=event_type, reason=reason, message=message,
                                         node=self.settings.node)
         except Exception as exc:  # noqa: BLE001 - best effort by design, but never silent
             log.warning("%s: could not record Event %s: %s", kube.object_key(obj), reason, kube.describe(exc))
+
+    # -- prober (liveness) ------------------------------------------------------------
+
+    def _probe_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(PROBER_TICK):
+            for key in self.cache.keys():
+                try:
+                    self._probe(key)
+                except Exception:  # noqa: BLE001 - the prober must live on; the next period tries again
+                    log.exception("%s: liveness probe failed unexpectedly", key)
+
+    def _probe(self, key: str) -> None:
+        obj = self.cache.get(key)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            for memory in (self._trackers, self._liveness, self._next_probe):
+                memory.pop(key, None)
+            return
+        try:
+            release = HostRelease.model_validate(obj)
+        except ValidationError:
+            return
+        check = release.spec.health_check
+        stored, _ = self._stored_status(key, obj)
+        # Only a converged app: mid-rotation the live revision is about to change.
+        if (check.period_seconds is None or stored is None or stored.phase != "Ready"
+                or stored.serving_revision != release.spec.revision):
+            if check.period_seconds is None:
+                self._forget_liveness(key)
+            return
+        now = time.monotonic()
+        if now < self._next_probe.get(key, 0.0):
+            return
+        self._next_probe[key] = now + check.period_seconds
+        namespace, app = release.metadata.namespace, release.spec.app
+        probe = core.probe_live(self.host, namespace, app, release.spec)
+        if probe.revision is None:
+            return
+        held = stored.liveness  # what an earlier agent process reported: counts go on from there
+        known = self._trackers.get(key)
+        new_revision = known is not None and known.revision != probe.revision
+        if new_revision:  # a rotation happened: what was said of the old revision goes
+            held = None
+            self._liveness[key] = None
+        tracker = (None if new_revision else known) or (
+            liveness.Tracker(probe.revision, restarts=held.restarts, failing=held.failing,
+                             last_failure=held.last_failure)
+            if held is not None else liveness.Tracker(probe.revision))
+        outcome = liveness.record(tracker, probe.revision, probe.passed, probe.detail, check.liveness_threshold)
+        self._trackers[key] = outcome.tracker
+        if not probe.passed:
+            log.warning("%s: liveness probe of %s failed (%d/%d): %s", key, probe.revision,
+                        outcome.tracker.failures or check.liveness_threshold, check.liveness_threshold, probe.detail)
+        previous = self._liveness.get(key, held)
+        current = LivenessStatus(
+            failing=outcome.tracker.failing, consecutive_failures=outcome.tracker.failures,
+            restarts=outcome.tracker.restarts, last_failure=outcome.tracker.last_failure,
+            last_restart_at=previous.last_restart_at if previous else None,
+            log_tail=previous.log_tail if previous else None,
+        )
+        if outcome.restart:
+            tail = core.restart_workers(self.host, namespace, app, probe.revision)
+            current = current.model_copy(update={"last_restart_at": datetime.now(UTC), "log_tail": tail})
+            log.warning("%s: restarted the workers of %s after %d failed liveness probes", key, probe.revision,
+                        check.liveness_threshold)
+            self._event(obj, "Warning", LIVENESS_FAILED,
+                        f"{probe.revision}: {check.liveness_threshold} liveness probes failed in a row "
+                        f"({probe.detail}); its workers were restarted gracefully. Log tail:\n"
+                        f"{tail[-EVENT_TAIL_CHARS:]}", api=self._probe_api)
+        self._liveness[key] = current
+        if outcome.changed or outcome.restart or new_revision:
+            if stored.liveness != current:
+                self._write_status(key, obj, stored, api=self._probe_api)
+
+    def _forget_liveness(self, key: str) -> None:
+        self._trackers.pop(key, None)
+        self._liveness[key] = None  # not probed (any more): status.liveness goes
+        self._next_probe.pop(key, None)
 
     def serves_app(self, namespace: str, app: str) -> bool:
         """Whether a live HostRelease of this node names `app` in `namespace` (the log endpoint
@@ -435,12 +537,19 @@ class ClusterAgent:
         return keys
 
     def sweep(self) -> None:
-        """Remove apps no HostRelease of this node names (deleted or moved while the agent was away).
+        """Repair the host's daemons, and remove apps no HostRelease of this node names (deleted
+        or moved while the agent was away).
 
         Only after a full list (the cache is complete then), and only under this agent's root.
         """
         if not self.health.synced.is_set():
             return
+        # A daemon (or, with systemd, its unit) someone stopped, edited or disabled. Its
+        # failure must not keep orphans on the host: logged, tried again at the next sweep.
+        try:
+            self.host.ensure_daemons()
+        except Exception:  # noqa: BLE001
+            log.exception("repairing the host's daemons failed; trying again at the next resync")
         for orphan in sync.orphan_app_keys(self.apps_on_host(), self.cache.values()):
             namespace, app = sync.split_app_key(orphan)
             removal = core.remove(self.host, namespace, app)

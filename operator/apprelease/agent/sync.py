@@ -156,12 +156,18 @@ def finalizers_removing(obj: Obj, finalizer: str) -> list[str] | None:
     return [f for f in current if f != finalizer] if finalizer in current else None
 
 
+OOM_KILLED = "OOMKilled"  # Event reason: the kernel killed a process of the serving revision at memoryMax
+
+
 def event_for(old: HostReleaseStatus | None, new: HostReleaseStatus) -> tuple[str, str, str] | None:
     """(type, reason, message) of the Event worth emitting for this status change, if any."""
     if new.phase == "Ready" and (old is None or old.phase != "Ready" or old.serving_revision != new.serving_revision):
         return "Normal", "Reconciled", new.message or "ready"
     if new.phase == "Failed" and (old is None or old.phase != "Failed" or old.message != new.message):
         return "Warning", new.reason or "Failed", new.message or "failed"
+    if (new.oom_kills or 0) > ((old.oom_kills or 0) if old is not None and old.serving_revision == new.serving_revision
+                               else 0):
+        return "Warning", OOM_KILLED, new.message or "a process was killed for exceeding resources.memoryMax"
     return None
 
 

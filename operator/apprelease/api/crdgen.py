@@ -155,6 +155,8 @@ def crds() -> dict[str, dict[str, Any]]:
             _column("Serving", ".status.servingVersion", description="Version the host's nginx serves now"),
             age,
             _column("Revision", ".spec.revision", priority=1),
+            _column("Restarts", ".status.liveness.restarts", "integer",
+                    "Times the agent restarted the live revision's workers for failed liveness probes", priority=1),
             # `kubectl get hr -o wide -w`: what the phase is doing (the build's stage, the health check).
             _column("Message", ".status.message", priority=1),
         ],

@@ -59,6 +59,15 @@ def server_identity(spec: ReleaseTemplate) -> dict[str, Any]:
     return server
 
 
+LIVENESS_FIELDS = ("periodSeconds", "failureThreshold", "probeTimeoutSeconds")
+
+
+def health_identity(spec: ReleaseTemplate) -> dict[str, Any]:
+    """The readiness gate as hashed into the revision: liveness settings change how the live
+    revision is watched, not what runs, so revisions from before them keep their hash."""
+    return {k: v for k, v in spec.health_check.wire().items() if k not in LIVENESS_FIELDS}
+
+
 def revision(spec: ReleaseTemplate) -> str:
     runtime = {
         "buildId": build_id(spec),
@@ -66,13 +75,15 @@ def revision(spec: ReleaseTemplate) -> str:
         "server": server_identity(spec),
         "env": [e.wire() for e in spec.env],
         "user": spec.user,
-        "healthCheck": spec.health_check.wire(),
+        "healthCheck": health_identity(spec),
     }
     if spec.restarted_at:
         runtime["restartedAt"] = spec.restarted_at
     # Left out when unset, like restartedAt: revisions from before these fields keep their hash.
     if spec.release is not None:
         runtime["release"] = spec.release.wire()
+    if spec.resources is not None:
+        runtime["resources"] = spec.resources.wire()
     if spec.processes:
         runtime["processes"] = {name: p.wire() for name, p in spec.processes.items()}
     return "r" + _digest(runtime, 11)

@@ -188,6 +188,23 @@ class Proxy(Model):
         return static
 
 
+class Resources(Model):
+    """Limits of one revision's gunicorn (master and workers together): a systemd scope per revision."""
+
+    memory_max: str | None = Field(
+        default=None, pattern=r"^[1-9][0-9]{0,6}[KMG]$",
+        description="Memory limit, e.g. 512M: above it the kernel kills the largest process (a worker; gunicorn "
+                    "starts another) and status.oomKills counts it.",
+    )
+    cpu_weight: int | None = Field(
+        default=None, ge=1, le=10000, description="CPU weight against other apps (systemd CPUWeight, default 100)."
+    )
+
+
+DEFAULT_FAILURE_THRESHOLD = 3
+DEFAULT_PROBE_TIMEOUT_SECONDS = 10
+
+
 class HealthCheck(Model):
     """The gate a new revision passes, through its own socket, before it gets traffic."""
 
@@ -196,6 +213,31 @@ class HealthCheck(Model):
     timeout_seconds: int = Field(
         default=30, ge=1, le=600, description="Deadline for the revision to boot and answer healthy."
     )
+    # Liveness: after the switch. Not part of the revision (identity.py): changing how the live
+    # revision is watched restarts nothing.
+    period_seconds: int | None = Field(
+        default=None, ge=1, le=3600,
+        description="Liveness: probe the live revision through its own socket this often (unset: only before the "
+                    "switch). After failureThreshold failed probes in a row its workers are restarted gracefully.",
+    )
+    # Unset rather than defaulted: a stored spec from before these fields stays the same object.
+    failure_threshold: int | None = Field(
+        default=None, ge=1, le=100,
+        description=f"Liveness: failed probes in a row before the workers are restarted (default {DEFAULT_FAILURE_THRESHOLD}).",
+    )
+    probe_timeout_seconds: int | None = Field(
+        default=None, ge=1, le=600,
+        description="Liveness: a probe with no answer after this long failed; a slower answer under load is not a "
+                    f"failure (default {DEFAULT_PROBE_TIMEOUT_SECONDS}).",
+    )
+
+    @property
+    def liveness_threshold(self) -> int:
+        return self.failure_threshold or DEFAULT_FAILURE_THRESHOLD
+
+    @property
+    def probe_timeout(self) -> int:
+        return self.probe_timeout_seconds or DEFAULT_PROBE_TIMEOUT_SECONDS
 
 
 class Strategy(Model):
@@ -329,6 +371,11 @@ class ReleaseTemplate(Model):
         max_length=10,
         description="Processes beside the web server (workers, schedulers), started and stopped with each revision.",
         json_schema_extra={"x-kubernetes-validations": [_PROCESS_NAMES_CEL]},
+    )
+    resources: Resources | None = Field(
+        default=None,
+        description="Kernel-enforced limits of each revision's web processes (cgroups through the host's systemd; "
+                    "ignored on hosts without systemd).",
     )
     revision_history_limit: int = Field(
         default=5, ge=1, le=50, description="Releases kept on disk for rollback besides the serving one."
@@ -464,6 +511,17 @@ class ProcessStatus(Model):
     running: int = Field(description="Replicas the supervisor runs (restarted on crash).")
 
 
+class LivenessStatus(Model):
+    """The live revision's liveness on this host (healthCheck.periodSeconds set)."""
+
+    failing: bool = Field(description="The last probe failed, or workers were restarted and no probe passed since.")
+    consecutive_failures: int = 0
+    restarts: int = Field(default=0, description="Times the agent restarted this revision's workers for liveness.")
+    last_failure: str | None = Field(default=None, description="What the last failed probe saw.")
+    last_restart_at: datetime | None = None
+    log_tail: str | None = Field(default=None, description="The app's log tail when its workers were restarted.")
+
+
 class RevisionEvent(Model):
     revision: str
     version: str
@@ -498,6 +556,9 @@ class HostReleaseStatus(Model):
     release_command: ReleaseCommandRecord | None = Field(
         default=None, description="The last release command run on this host (its output: logs/<revision>.release.log).")
     processes: list[ProcessStatus] = Field(default_factory=list, description="Process types of the serving revision.")
+    liveness: LivenessStatus | None = Field(default=None, description="Liveness of the serving revision.")
+    oom_kills: int | None = Field(
+        default=None, description="Processes of the serving revision the kernel killed for exceeding resources.memoryMax.")
     history: list[RevisionEvent] = Field(default_factory=list, description="Revisions this host switched to.")
     retained_build_ids: list[str] = Field(
         default_factory=list, description="buildIds whose venv is on this host's disk: a rollback to them builds nothing."

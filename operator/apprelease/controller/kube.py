@@ -123,9 +123,18 @@ def host_view(obj: Mapping[str, Any]) -> HostView:
         message=status.get("message"),
         reason=status.get("reason"),
         processes=processes_summary(status.get("processes") or []),
+        liveness_failure=liveness_summary(status.get("liveness")),
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(meta.get("finalizers") or ()),
     )
+
+
+def liveness_summary(liveness: dict | None) -> str | None:
+    """What Degraded says of a host whose live revision fails its liveness probes; None if it does not."""
+    if not liveness or not liveness.get("failing"):
+        return None
+    restarts = liveness.get("restarts") or 0
+    return f"{liveness.get('lastFailure') or 'probe failed'} (workers restarted {restarts} time{'s' * (restarts != 1)})"
 
 
 def processes_summary(processes: list[Mapping[str, Any]]) -> str | None:

@@ -49,6 +49,7 @@ class HostView:
     message: str | None = None
     reason: str | None = None  # the agent's status.reason, e.g. Conflict
     processes: str | None = None  # the serving revision's process types, e.g. "worker 2/2"
+    liveness_failure: str | None = None  # while the agent's liveness probes fail: what they saw
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
 

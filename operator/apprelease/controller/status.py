@@ -42,6 +42,7 @@ HOST_FAILED = "HostFailed"
 HOST_CONFLICT = "HostConflict"  # an agent refused a host (Conflict), or the operator held the rollout
 INVALID_SPEC = "InvalidSpec"
 NO_FAILURES = "NoHostFailed"
+LIVENESS_FAILED = "LivenessFailed"  # a host's live revision fails its liveness probes (agent/cluster.py)
 
 # Event reasons.
 ROLLOUT_STARTED = "RolloutStarted"
@@ -213,6 +214,11 @@ def rollout_events(
         and degraded_before.message == degraded_now.message
     ):
         events.append(Event("Warning", HOST_CONFLICT, degraded_now.message))
+    # Once per episode on the AppRelease (the agent's Events, with the log tail, are on the HostRelease).
+    if (degraded_now is not None and degraded_now.status == "True" and degraded_now.reason == LIVENESS_FAILED
+            and not (degraded_before is not None and degraded_before.status == "True"
+                     and degraded_before.reason == LIVENESS_FAILED)):
+        events.append(Event("Warning", LIVENESS_FAILED, degraded_now.message))
 
     progressing_before, progressing_now = condition(previous, PROGRESSING), condition(new, PROGRESSING)
     if progressing_now is not None and progressing_now.reason != (progressing_before.reason if progressing_before else None):
@@ -286,6 +292,11 @@ def _degraded(rollout: Rollout) -> tuple[ConditionStatus, str, str]:
         return "True", HOST_CONFLICT, rollout.conflict
     failed = [h for _, h in sorted(rollout.selected().items()) if h.failed]
     if not failed:
+        failing = [h for _, h in sorted(rollout.selected().items()) if h.liveness_failure]
+        if failing:
+            return "True", LIVENESS_FAILED, "; ".join(
+                f"host {h.node}: live revision {h.serving_revision} fails its liveness probe: {h.liveness_failure}"
+                for h in failing)
         return "False", NO_FAILURES, "no host reports a failure"
     # A conflict needs another app to change, not a fix of this one: it is named first.
     reason = HOST_CONFLICT if any(h.reason == CONFLICT_REASON for h in failed) else HOST_FAILED

@@ -8,11 +8,13 @@ leaving the serving revision untouched. The returned status is what the HostRele
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from ..api.models import (
     Proxy,
     ReleaseCommandRecord,
 )
-from . import builder, drain, health, plan, release_command, state, users
+from . import builder, drain, health, plan, release_command, state, units, users
 from .progress import BUILDING, PHASE_OF_STEP, Progress, no_progress
 from .executor import LocalExecutor
 from .layout import (
@@ -48,6 +50,7 @@ from .proxy.render import site_claims
 from .recorder import Recorder, SilentRecorder
 from .servers import UnsupportedServer
 from .supervisors.base import Supervisor
+from .systemd import Systemd
 from .watchers import ProgramNotFound, app_environment, process_watchers, program_argv, watcher_for
 
 log = logging.getLogger(__name__)
@@ -76,11 +79,20 @@ class Host:
     recorder: Recorder = field(default_factory=SilentRecorder)
     # namespace -> accounts apprelease did not create that the host's admin lets its apps use
     allowed_users: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # The host's systemd (the DaemonSet on a systemd host): spec.resources become a scope per revision.
+    services: Systemd | None = None
 
     def start(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self.layout.root.chmod(0o755)
         check_traversable(self.layout.root)
+        self.ensure_daemons()
+
+    def ensure_daemons(self) -> None:
+        """The supervisor daemon and nginx run; on a systemd host also their units' drift repair.
+
+        Idempotent and cheap on a converged host: the in-cluster agent calls it at each resync.
+        """
         self.supervisor.ensure_running()
         self.nginx.ensure_running()
 
@@ -362,7 +374,8 @@ class _Apply:
         self.paths.socket(revision).unlink(missing_ok=True)  # a stale socket from a crash
         software = builder.server_software(self.paths.release(self.spec.build_id))
         try:
-            watcher = watcher_for(self.host.layout, self.key, self.spec, software)
+            watcher = watcher_for(self.host.layout, self.key, self.spec, software,
+                                  scoped=self.host.services is not None)
         except UnsupportedServer as exc:
             # As final as a failed health check: this venv will never run this spec.
             message = f"revision {revision} ({self.spec.version}) cannot start: {exc}"
@@ -544,7 +557,39 @@ def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None,
         paths.spec_file.write_text(json.dumps(release.wire(), indent=2))
     result.status = _status(release, paths, app_state, error)
     result.status.processes = process_statuses(host.supervisor, key, spec, result.status.serving_revision)
+    serving = result.status.serving_revision
+    if host.services is not None and spec.resources is not None and serving is not None:
+        killed = oom_kills(host, key, serving)
+        result.status.oom_kills = killed
+        if killed and result.status.phase == "Ready":
+            result.status.message = (f"{result.status.message}; the kernel killed {killed} of its processes for "
+                                     f"exceeding resources.memoryMax {spec.resources.memory_max}")
     return result
+
+
+def oom_kills(host: Host, key: str, revision: str) -> int | None:
+    """Processes of the revision's scope the kernel killed at its memory limit (None: no scope).
+
+    Read from the scope's cgroup on the host: memory.events (cgroup v2) or memory.oom_control
+    (v1, as on this project's test machines); both count `oom_kill`.
+    """
+    assert host.services is not None
+    scope = units.revision_scope(watcher_name(key, revision))
+    group = host.services.systemctl("show", "--property=ControlGroup", "--value", scope, check=False)
+    if not group.startswith("/"):
+        return None
+    cgroups = host.executor.host_root / "sys/fs/cgroup"
+    for path in (cgroups / group.lstrip("/") / "memory.events",
+                 cgroups / "memory" / group.lstrip("/") / "memory.oom_control"):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name, _, value = line.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
 
 
 def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, error: StepFailed | None) -> HostReleaseStatus:
@@ -584,3 +629,48 @@ def remove(host: Host, namespace: str, app: str) -> plan.Plan:
     if removed:
         log.info("%s: removed accounts %s", key, ", ".join(removed))
     return the_plan
+
+
+# -- liveness (after the switch): called by the in-cluster agent's prober, decisions in liveness.py --
+
+
+@dataclass(frozen=True)
+class Probe:
+    revision: str | None  # the live revision probed; None: nothing serves (nothing to probe)
+    passed: bool
+    detail: str
+
+
+def probe_live(host: Host, namespace: str, app: str, spec: HostReleaseSpec) -> Probe:
+    """One liveness probe of the app's live revision, through its own socket (not nginx).
+
+    Only "no answer within probeTimeoutSeconds" or a wrong status fails it: a slow answer
+    under load is an answer.
+    """
+    check = spec.health_check
+    paths = host.layout.app(app_key(namespace, app))
+    revision = live_revision(paths)
+    if revision is None:
+        return Probe(None, True, "nothing serves")
+    try:
+        status, _ = health.get(paths.socket(revision), check.path, spec.proxy.server_names[0],
+                               timeout=check.probe_timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        return Probe(revision, False, f"{check.path}: {type(exc).__name__}: {exc or 'no answer'} "
+                                      f"(timeout {check.probe_timeout}s)")
+    if status != check.expected_status:
+        return Probe(revision, False, f"{check.path} answered {status}, expected {check.expected_status}")
+    return Probe(revision, True, f"{check.path} answered {status}")
+
+
+def restart_workers(host: Host, namespace: str, app: str, revision: str) -> str:
+    """Restart the revision's gunicorn workers gracefully; returns the app's log tail from before.
+
+    SIGHUP to the gunicorn master: it starts new workers on the same listening socket and
+    stops the old ones gracefully (killed after the graceful timeout if they hang), so the
+    socket nginx connects to never closes, unlike a restart of the watcher.
+    """
+    key = app_key(namespace, app)
+    tail = log_tail(host.layout.app(key), revision)
+    host.supervisor.signal(watcher_name(key, revision), signal.SIGHUP)
+    return tail

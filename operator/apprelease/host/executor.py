@@ -1,9 +1,14 @@
 """The one way the agent runs host commands.
 
 `LocalExecutor` runs them as child processes (tests, `--root` on a plain host).
-`HostExecutor` runs them in the host's namespaces through `nsenter -t 1` (the DaemonSet), so
-daemons started by the agent (circusd, nginx) live on the host and outlive the agent's pod.
+`HostExecutor` runs them in the host's namespaces through `nsenter -t 1` (the DaemonSet).
+nsenter changes namespaces, not cgroups: on a host with systemd the long-lived daemons are
+therefore started by systemd units (`host/systemd.py`), not by the executor. Tests give
+`HostExecutor` the pid of a test host's own systemd (hack/systemd_host.py) instead of 1: the
+only difference from the DaemonSet's path.
 Files under the agent root are touched directly: the DaemonSet mounts it at the same path.
+Files elsewhere on the host (unit files) are reached through `/proc/<pid>/root`, and pids the
+host's tools report (pid files) are translated with `visible_pid`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class CommandFailed(RuntimeError):
@@ -29,6 +35,35 @@ class CommandFailed(RuntimeError):
 class LocalExecutor:
     prefix: tuple[str, ...] = ()
     log: list[list[str]] = field(default_factory=list)  # every argv run, for status and tests
+    target_pid: int | None = None  # the host's PID 1 as this process numbers it (HostExecutor)
+
+    @property
+    def host_root(self) -> Path:
+        """The host's file system root as this process reaches it."""
+        return Path("/") if self.target_pid is None else Path(f"/proc/{self.target_pid}/root")
+
+    def visible_pid(self, host_pid: int) -> int | None:
+        """The pid of the process the host numbers `host_pid` (a pid file's content), as this
+        process numbers it; None if there is none.
+
+        The DaemonSet agent shares the host's PID namespace (hostPID), so this is `host_pid`.
+        A test host's systemd is PID 1 of a namespace nested in the test's: its pid files hold
+        the inner numbers, and /proc/<pid>/status's NSpid line maps them.
+        """
+        if self.target_pid is None or _pid_namespace(self.target_pid) == _pid_namespace("self"):
+            return host_pid
+        target_ns = _pid_namespace(self.target_pid)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                line = next(li for li in (entry / "status").read_text().splitlines() if li.startswith("NSpid:"))
+            except (FileNotFoundError, ProcessLookupError, StopIteration):
+                continue
+            numbers = line.split()[1:]
+            if len(numbers) > 1 and numbers[-1] == str(host_pid) and _pid_namespace(entry.name) == target_ns:
+                return int(numbers[0])
+        return None
 
     def command(self, argv: Sequence[str]) -> list[str]:
         return [*self.prefix, *argv]
@@ -126,6 +161,16 @@ def _run_streaming(argv: list[str], env: Mapping[str, str] | None, timeout: floa
     return subprocess.CompletedProcess(argv, proc.returncode, output)
 
 
-def HostExecutor() -> LocalExecutor:  # noqa: N802 - a named configuration, not a class
-    """Commands run in PID 1's mount, UTS, IPC, network and PID namespaces: on the host."""
-    return LocalExecutor(prefix=("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--"))
+def _pid_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def HostExecutor(pid: int = 1) -> LocalExecutor:  # noqa: N802 - a named configuration, not a class
+    """Commands run in `pid`'s mount, UTS, IPC, network and PID namespaces: on the host.
+
+    `pid` is the host's init: 1 for the DaemonSet (hostPID), a test host's systemd in tests.
+    """
+    return LocalExecutor(prefix=("nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "--"), target_pid=pid)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..api.models import HostReleaseSpec
-from . import servers
+from . import servers, units
 from .layout import HostLayout, process_instance, process_watcher_name, watcher_name
 from .servers import ServerSoftware
 
@@ -46,6 +46,9 @@ class WatcherSpec:
     backup_count: int = LOG_BACKUP_COUNT
     graceful_timeout: int = 30 + STOP_MARGIN_SECONDS  # seconds from SIGTERM to SIGKILL
     stop_signal: int = int(signal.SIGTERM)
+    # Runs before the launcher, as root: `systemd-run --scope … --uid --gid --` (units.scope_argv),
+    # which drops to `user` itself; the supervisor then must not (resources on systemd hosts).
+    scope: tuple[str, ...] = ()
 
 
 def gunicorn_argv(python: Path, socket: Path, spec: HostReleaseSpec, software: ServerSoftware) -> tuple[str, ...]:
@@ -136,16 +139,23 @@ def process_watchers(layout: HostLayout, key: str, spec: HostReleaseSpec) -> lis
     return out
 
 
-def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec, software: ServerSoftware) -> WatcherSpec:
+def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec, software: ServerSoftware,
+                *, scoped: bool = False) -> WatcherSpec:
     """The watcher serving `spec.revision` of app `key` on `run/<revision>.sock`.
 
     `software` is what the release's venv holds (release.json): the options depend on it.
+    `scoped`: the host has systemd, so spec.resources are enforced by a scope per revision.
     """
     app = layout.app(key)
     venv = app.venv(spec.build_id)
     env = app_environment(venv, spec)
+    name = watcher_name(key, spec.revision)
+    scope = units.scope_argv(watcher=name, key=key, user=spec.user, group=spec.user,
+                             memory_max=spec.resources.memory_max, cpu_weight=spec.resources.cpu_weight,
+                             ) if scoped and spec.resources is not None else ()
     return WatcherSpec(
-        name=watcher_name(key, spec.revision),
+        scope=scope,
+        name=name,
         argv=gunicorn_argv(venv / "bin" / "python", app.socket(spec.revision), spec, software),
         cwd=app.release(spec.build_id),
         user=spec.user,

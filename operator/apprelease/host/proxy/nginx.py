@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..executor import LocalExecutor
+from ..systemd import Systemd, SystemdError
+from ..units import NGINX_UNIT, render_nginx_unit
 from ..files import fsync_dir
 from ..layout import HostLayout
 from . import procfs
@@ -70,6 +72,7 @@ class Nginx:
         reload_timeout: float = 15.0,
         stop_timeout: float = 30.0,
         worker_shutdown_timeout: int = 30,
+        services: Systemd | None = None,
     ):
         self.layout = layout
         self.executor = executor
@@ -83,6 +86,9 @@ class Nginx:
         self.reload_timeout = reload_timeout
         self.stop_timeout = stop_timeout
         self.worker_shutdown_timeout = worker_shutdown_timeout
+        # The host's systemd, if it has one: nginx then runs in its unit (units.py says why),
+        # started, reloaded and stopped with systemctl. None: started detached.
+        self.services = services
         self._lock = threading.RLock()
 
     # -- paths -------------------------------------------------------------------------
@@ -152,6 +158,16 @@ class Nginx:
                     raise
                 os.replace(staged, self.main_conf)
             master = self.master_pid()
+            if self.services is not None:
+                # Also the resync's drift repair of the unit: never a restart of a running nginx.
+                offset = _size(self._error_log)
+                try:
+                    self.services.ensure(NGINX_UNIT, self.unit_text())
+                except SystemdError as exc:
+                    raise ProxyConfigRejected(f"nginx failed to start: {exc}", self._errors_since(offset)) from exc
+                if master is None:
+                    self._wait_started(offset)
+                    return True
             if master is None:
                 self._start()
                 return True
@@ -166,6 +182,8 @@ class Nginx:
         False if nginx was not running.
         """
         with self._lock:
+            if self.services is not None:
+                return self.services.stop(NGINX_UNIT)
             master = self.master_pid()
             if master is None:
                 return False
@@ -184,8 +202,10 @@ class Nginx:
     def master_pid(self) -> int | None:
         """Pid of our running master: from the pid file, alive, and started with our config."""
         try:
-            pid = int(self._pid_file.read_text().strip())
+            pid = self.executor.visible_pid(int(self._pid_file.read_text().strip()))
         except (FileNotFoundError, ValueError):
+            return None
+        if pid is None:
             return None
         title = procfs.cmdline(pid)
         # The pid file may be stale after a crash or reboot and its pid reused by another
@@ -295,6 +315,10 @@ class Nginx:
         _check_key(key)
         return self.layout.nginx_site(key)
 
+    def unit_text(self) -> str:
+        return render_nginx_unit(root=str(self.layout.root), argv=self._argv(self.main_conf),
+                                 pidfile=str(self._pid_file), stop_seconds=int(self.stop_timeout))
+
     def _argv(self, conf: Path, *extra: str) -> list[str]:
         # -e: where nginx logs before it has read error_log from the config.
         return [self.binary, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self._error_log), *extra]
@@ -349,6 +373,9 @@ class Nginx:
         proc = self.executor.run(self._argv(self.main_conf), check=False, timeout=60)
         if proc.returncode != 0:
             raise ProxyConfigRejected("nginx failed to start", proc.stdout + self._errors_since(offset))
+        self._wait_started(offset)
+
+    def _wait_started(self, offset: int) -> None:
         started = _wait_until(lambda: self.master_pid() is not None and bool(self.worker_pids()), 10.0)
         if not started:
             raise ProxyError(f"nginx started but no master with workers appeared: {self._errors_since(offset)}")
@@ -378,7 +405,10 @@ class Nginx:
         """
         before = {pid for pid, title in procfs.children(master).items() if title == WORKER_TITLE}
         offset = _size(self._error_log)
-        _signal(master, signal.SIGHUP)
+        if self.services is not None:
+            self.services.reload(NGINX_UNIT)  # SIGHUP to the master, sent by systemd
+        else:
+            _signal(master, signal.SIGHUP)
         deadline = time.monotonic() + self.reload_timeout
         while time.monotonic() < deadline:
             workers = {pid for pid, title in procfs.children(master).items() if title == WORKER_TITLE}

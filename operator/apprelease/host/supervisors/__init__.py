@@ -11,6 +11,7 @@ from typing import Literal
 
 from ..executor import LocalExecutor
 from ..layout import HostLayout
+from ..systemd import Systemd
 from .base import Supervisor, SupervisorError, WatcherState
 from .circus import CircusSupervisor
 from .supervisord import SupervisordSupervisor
@@ -24,12 +25,14 @@ def make_supervisor(
     layout: HostLayout,
     executor: LocalExecutor | None = None,
     python: str = sys.executable,
+    services: Systemd | None = None,
 ) -> Supervisor:
-    """The backend `kind` for this host; `python` is an interpreter that has it installed."""
+    """The backend `kind` for this host; `python` is an interpreter that has it installed;
+    `services`: the host's systemd, which then runs the daemon in its unit."""
     if kind == "circus":
-        return CircusSupervisor(layout.supervisor, executor, python)
+        return CircusSupervisor(layout.supervisor, executor, python, services)
     if kind == "supervisord":
-        return SupervisordSupervisor(layout.supervisor, executor, python)
+        return SupervisordSupervisor(layout.supervisor, executor, python, services)
     raise ValueError(f"unknown supervisor {kind!r}: choose one of {', '.join(KINDS)}")
 
 

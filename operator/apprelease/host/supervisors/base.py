@@ -40,7 +40,9 @@ from typing import Any, Protocol
 import jinja2
 
 from ...api import rules
+from .. import units
 from ..executor import LocalExecutor
+from ..systemd import Systemd
 from ..watchers import WatcherSpec
 
 ENV_PREFIX = "APPRELEASE_ENV_"
@@ -143,6 +145,10 @@ class Supervisor(Protocol):
         of a restart); None while it runs. The health gate stops waiting on it."""
         ...
 
+    def signal(self, name: str, signum: int) -> None:
+        """Send `signum` to the watcher's process (the gunicorn master) only."""
+        ...
+
     def stop_daemon(self) -> None:
         """Stop every watcher and the daemon, and wait until they are gone."""
         ...
@@ -173,8 +179,9 @@ def decode_env(encoded: Mapping[str, str]) -> dict[str, str]:
 
 
 def launch_argv(spec: WatcherSpec) -> list[str]:
-    """The command the daemon runs: the release's interpreter as launcher, then spec.argv."""
-    return launcher_argv(spec.argv, spec.name)
+    """The command the daemon runs: the release's interpreter as launcher, then spec.argv;
+    behind the revision's systemd scope when it has one."""
+    return [*spec.scope, *launcher_argv(spec.argv, spec.name)]
 
 
 def launcher_argv(argv: Sequence[str], what: str) -> list[str]:
@@ -274,11 +281,16 @@ class SupervisorBackend(ABC):
 
     kind = ""
     start_timeout = 20.0
+    daemonizes = False  # the daemon forks into the background itself (unit Type=forking)
 
-    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable):
+    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable,
+                 services: Systemd | None = None):
         self.root = root  # layout.supervisor
         self.executor = executor or LocalExecutor()
         self.python = python  # the interpreter that has circus / supervisor installed
+        # The host's systemd, if it has one: the daemon then runs in its unit, never as the
+        # agent's child (units.py says why). None: spawned detached (--root, plain hosts).
+        self.services = services
         self._spawned: subprocess.Popen[bytes] | None = None
 
     # -- backend hooks -------------------------------------------------------------
@@ -316,12 +328,21 @@ class SupervisorBackend(ABC):
 
     def daemon_pid(self) -> int | None:
         try:
-            pid = int(self.pidfile.read_text().strip())
+            pid = self.executor.visible_pid(int(self.pidfile.read_text().strip()))
         except (FileNotFoundError, ValueError):
             return None
-        return pid if process_alive(pid) else None
+        return pid if pid is not None and process_alive(pid) else None
+
+    def unit_text(self, argv: Sequence[str]) -> str:
+        return units.render_supervisor_unit(
+            root=str(self.root.parent), kind=self.kind, argv=argv, pidfile=str(self.pidfile),
+            forking=self.daemonizes, environment=DAEMON_ENV,
+        )
 
     def ensure_running(self) -> None:
+        if self.services is not None:
+            self._ensure_unit()
+            return
         with self._lock():
             if self.daemon_pid() is not None and self._answers():
                 return
@@ -340,7 +361,24 @@ class SupervisorBackend(ABC):
 
             wait_for(up, self.start_timeout, f"{self.kind} to answer on its control socket")
 
+    def _ensure_unit(self) -> None:
+        """Unit written, enabled, started (units.plan_units); then wait for the control socket.
+
+        Also the drift repair the agent runs at each resync: a converged host costs one
+        `systemctl is-active`.
+        """
+        assert self.services is not None
+        with self._lock():
+            argv = self._write_main_config()
+            self.services.ensure(units.SUPERVISOR_UNIT, self.unit_text(argv))
+            wait_for(self._answers, self.start_timeout, f"{self.kind} ({units.SUPERVISOR_UNIT}) to answer "
+                     "on its control socket")
+
     def stop_daemon(self, timeout: float = 60.0) -> None:
+        if self.services is not None:
+            # systemd stops it as the unit says (graceful, then SIGKILL) and keeps it stopped.
+            self.services.stop(units.SUPERVISOR_UNIT)
+            return
         with self._lock():
             pid = self.daemon_pid()
             if pid is None:

@@ -22,6 +22,7 @@ from circus.client import CircusClient
 from circus.exc import CallError
 
 from ..executor import LocalExecutor
+from ..systemd import Systemd
 from ..watchers import WatcherSpec
 from .base import (
     ENV_PREFIX,
@@ -59,8 +60,9 @@ def watcher_options(spec: WatcherSpec) -> dict[str, Any]:
     return {
         "cmd": command_line(launch_argv(spec)),
         "working_dir": plain(spec.cwd, f"{spec.name} working directory"),
-        "uid": plain(spec.user, f"{spec.name} user"),
-        "gid": plain(spec.group, f"{spec.name} group"),
+        # With a scope, systemd-run drops to the app's user (units.scope_argv): circus starts it as root.
+        **({} if spec.scope else {"uid": plain(spec.user, f"{spec.name} user"),
+                                  "gid": plain(spec.group, f"{spec.name} group")}),
         "env": encode_env(spec.env),
         "copy_env": False,
         "numprocesses": 1,
@@ -80,8 +82,8 @@ def render_watcher(spec: WatcherSpec) -> str:
         name=plain(spec.name, "watcher name"),
         cmd=options["cmd"],
         working_dir=options["working_dir"],
-        uid=options["uid"],
-        gid=options["gid"],
+        uid=options.get("uid"),
+        gid=options.get("gid"),
         stop_signal=options["stop_signal"],
         graceful_timeout=options["graceful_timeout"],
         streams={s: options[s] for s in ("stdout_stream", "stderr_stream")},
@@ -95,8 +97,9 @@ class CircusSupervisor(SupervisorBackend):
 
     kind = "circus"
 
-    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable):
-        super().__init__(root, executor, python)
+    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable,
+                 services: Systemd | None = None):
+        super().__init__(root, executor, python, services)
         self._subscribers: dict[str, zmq.Socket] = {}  # watcher -> its reap events
         self._exits: dict[str, ProcessExit] = {}  # watcher -> its last exit seen
 
@@ -174,6 +177,10 @@ class CircusSupervisor(SupervisorBackend):
             return self._call(command, timeout=timeout, **properties)
         except CallError as exc:
             raise SupervisorError(f"circusd did not answer {command} within {timeout:.0f}s: {exc}") from exc
+
+    def signal(self, name: str, signum: int) -> None:
+        # children=False (circus's default): the master only; gunicorn handles its workers.
+        self._command("signal", name=name, signum=int(signum))
 
     def watchers(self) -> dict[str, WatcherState]:
         statuses = self._command("status")["statuses"]

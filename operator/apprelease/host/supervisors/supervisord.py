@@ -19,6 +19,7 @@ from typing import Any
 from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from ..executor import LocalExecutor
+from ..systemd import Systemd
 from ..watchers import WatcherSpec
 from .base import (
     ProcessExit,
@@ -69,7 +70,8 @@ def render_program(spec: WatcherSpec) -> str:
         directory=plain(spec.cwd, f"{spec.name} working directory"),
         # supervisord runs the program with the user's primary group (and its supplementary
         # groups); watcher_for sets group = user, the group useradd --user-group made.
-        user=plain(spec.user, f"{spec.name} user"),
+        # With a scope, systemd-run drops to the app's user (units.scope_argv).
+        user=None if spec.scope else plain(spec.user, f"{spec.name} user"),
         environment=environment_value(encode_env(spec.env)),
         env_names=sorted(spec.env),
         stop_signal=signal.Signals(spec.stop_signal).name.removeprefix("SIG"),
@@ -99,8 +101,9 @@ class SupervisordSupervisor(SupervisorBackend):
 
     kind = "supervisord"
 
-    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable):
-        super().__init__(root, executor, python)
+    def __init__(self, root: Path, executor: LocalExecutor | None = None, python: str = sys.executable,
+                 services: Systemd | None = None):
+        super().__init__(root, executor, python, services)
         self._log_marks: dict[str, int] = {}  # program -> daemon log size when it was added
 
     @property
@@ -258,6 +261,9 @@ class SupervisordSupervisor(SupervisorBackend):
             if fault.faultCode != Faults.NOT_RUNNING:
                 raise
         rpc.removeProcessGroup(name)
+
+    def signal(self, name: str, signum: int) -> None:
+        self._rpc().signalProcess(name, str(int(signum)))
 
     def remove(self, name: str) -> None:
         self._log_marks.pop(name, None)
