@@ -14,9 +14,9 @@ How a change reaches an AppRelease's reconcile (the triggers):
   ownerReference, else the app label), a Node whose labels changed (or that came or went)
   wakes every loop, an AppRelease whose generation is not yet observed wakes its own loop, and
   one that changed or is deleted also wakes the loops held by a host conflict;
-- a Secret or ConfigMap event wakes every loop of its namespace (a rotated value is a new
-  revision; a Secret that appears ends a SecretNotFound);
-- the periodic resync makes it level-triggered: a missed event costs at most one period.
+- the periodic resync makes it level-triggered; it is also what notices a rotated Secret value
+  (a new revision) or a Secret that appears (ending SecretNotFound): the operator may `get`
+  Secrets by name but not list or watch them (manifests/operator-rbac.yaml): a missed event costs at most one period.
 The loop reads everything from the API on each pass (no informer cache, no in-memory
 rollout state), so a restarted operator resumes exactly where the API says the rollout is.
 
@@ -125,12 +125,6 @@ def handle_event_node(ctx: OperatorContext, event_type: str | None, name: str, l
         ctx.wakeups.wake_all()
 
 
-def handle_event_referenced(ctx: OperatorContext, namespace: str) -> None:
-    """A Secret or ConfigMap changed: wake the namespace's loops (each reads what it references
-    from the API; the event's body, values included, is not looked at)."""
-    ctx.wakeups.wake_namespace(namespace)
-
-
 def handle_event_app_release(ctx: OperatorContext, body: Mapping[str, Any], namespace: str, name: str,
                              event_type: str | None = None) -> None:
     meta = body.get("metadata") or {}
@@ -231,15 +225,6 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     @kopf.on.event("", "v1", "nodes", id="wake-on-node-labels", registry=registry)
     async def node_event(type: str | None, name: str, labels: kopf.Labels, **_: Any) -> None:
         handle_event_node(ctx, type, name, labels)
-
-    # A rotated Secret value rolls out a new revision; a created one ends SecretNotFound.
-    @kopf.on.event("", "v1", "secrets", id="wake-on-secrets", registry=registry)
-    async def secret_event(namespace: str, **_: Any) -> None:
-        handle_event_referenced(ctx, namespace)
-
-    @kopf.on.event("", "v1", "configmaps", id="wake-on-configmaps", registry=registry)
-    async def config_map_event(namespace: str, **_: Any) -> None:
-        handle_event_referenced(ctx, namespace)
 
     @kopf.on.event(GROUP, VERSION, APP_PLURAL, id="wake-on-spec", registry=registry)
     async def app_release_event(body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:

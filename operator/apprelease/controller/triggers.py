@@ -31,12 +31,6 @@ class Wakeups:
         if event is not None:
             event.set()
 
-    def wake_namespace(self, namespace: str) -> None:
-        """Wake the loops of one namespace (keys are (namespace, name))."""
-        for key, event in self._events.items():
-            if isinstance(key, tuple) and key and key[0] == namespace:
-                event.set()
-
     def wake_all(self) -> None:
         for event in self._events.values():
             event.set()
