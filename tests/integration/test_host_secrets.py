@@ -105,3 +105,49 @@ def test_values_reach_only_the_app_environment_rotate_and_a_missing_secret_moves
     finally:
         subprocess.run([sys.executable, "-m", "apprelease.cli", "agent", "stop", "--root", str(root),
                         "--listen-address", "127.0.0.1"], capture_output=True, timeout=120)
+
+
+INDEX_PASSWORD = "ix-9c2f7e41b0"
+
+
+def test_private_index_with_basic_auth_credentials_used_for_the_build_only(short_tmp, package_index):
+    """A basic-auth index: the build fails clearly without credentials, works with
+    source.indexCredentials, and afterwards the password is in no file, status or log."""
+    from apprelease.host import core
+    from support.hosts import running_host
+    from support.pypi import LocalIndex
+
+    private = LocalIndex(package_index.index.directory, basic_auth=("builder", INDEX_PASSWORD)).start()
+    port = free_port()
+    source = {"requirements": ["webxample==1.0.0"], "indexUrl": private.url}
+
+    def release_with(src: dict) -> HostRelease:
+        return resolve.host_release(app_release(private.url, "1.0.0", port=port, extra={"source": src}), "host-a")
+
+    secrets = {}
+
+    def values(kind, namespace, name):
+        return secrets.get((kind, namespace, name))
+
+    try:
+        with running_host(short_tmp / "host-p") as host:
+            without = core.reconcile(host, release_with(source), values=values)
+            assert without.status.phase == "Failed"
+            assert "401" in (without.status.message or "") + (without.status.log_tail or ""), without.status
+
+            with_creds = release_with({**source, "indexCredentials": {"secretName": "index"}})
+            assert with_creds.spec.build_id == release_with(source).spec.build_id  # credentials are not the venv
+            missing = core.reconcile(host, with_creds, values=values)
+            assert missing.status.reason == "SecretNotFound", missing.status
+            assert "source.indexCredentials: Secret default/index not found" in missing.status.message
+
+            secrets[("Secret", "default", "index")] = {"username": "builder", "password": INDEX_PASSWORD}
+            built = core.reconcile(host, with_creds, values=values)
+            assert built.status.phase == "Ready", built.status.message
+            assert http_get(port, "/version", SERVER_NAME).json()["version"] == "1.0.0"
+            assert any(r.status == 200 and r.path.startswith("/files/") for r in private.requests)
+            for result in (without, missing, built):
+                assert INDEX_PASSWORD not in result.status.model_dump_json()
+            assert scan_tree(host.layout.root, [INDEX_PASSWORD]) == [], "the password is on disk after the build"
+    finally:
+        private.stop()

@@ -148,13 +148,16 @@ def reconcile_app_release(
 def _values_digest(api: KubeApi, namespace: str, name: str, spec: Any, secrets: SecretsConfig) -> str | None:
     """The keyed digest of what env/envFrom reference (None without references). Raises
     envrefs.MissingReference / UnusableValue; the values go no further than this function."""
-    if not envrefs.has_references(spec):
-        return None
-
     def lookup(kind: str, ref_name: str) -> dict[str, str] | None:
         if kind == envrefs.SECRET:
             return api.read_secret_data(namespace, ref_name)
         return api.read_config_map_data(namespace, ref_name)
+
+    creds = spec.source.index_credentials
+    if creds is not None:  # checked, never digested: new credentials build the same venv
+        envrefs.index_credentials(namespace, creds.secret_name, lookup(envrefs.SECRET, creds.secret_name))
+    if not envrefs.has_references(spec):
+        return None
 
     resolved = envrefs.resolve_env(spec, namespace, lookup)
     if secrets.values_key is None:

@@ -324,6 +324,20 @@ class _Apply:
             self._resolved = resolved.env
         return self._resolved
 
+    def _index_credentials(self) -> tuple[str, str] | None:
+        """(user, password) for source.indexUrl from source.indexCredentials, read for a build only."""
+        creds = self.spec.source.index_credentials if self.spec is not None else None
+        if creds is None:
+            return None
+        if self.values is None:
+            raise StepFailed("source.indexCredentials names a Secret but no source of Secrets is configured")
+        namespace = self.namespace or "default"
+        try:
+            return envrefs.index_credentials(namespace, creds.secret_name,
+                                             self.values(envrefs.SECRET, namespace, creds.secret_name))
+        except envrefs.MissingReference as exc:
+            raise StepFailed(f"source.indexCredentials: {exc}", reason=SECRET_NOT_FOUND) from None
+
     def run(self, actions: tuple[plan.Action, ...], steps: list[Step]) -> None:
         if any(a.kind in (plan.START, plan.RUN_RELEASE, plan.START_PROCESSES) for a in actions):
             self.resolved_env()  # before anything moves: a missing Secret costs the host nothing
@@ -373,13 +387,16 @@ class _Apply:
     def do_ensure_release(self, build_id: str) -> None:
         try:
             identity = None
+            index_auth = None
             if not self.paths.release(build_id).is_dir():  # a reuse runs nothing: no build user needed
                 assert self.namespace is not None, "a build needs the app's namespace (its build user)"
                 identity = users.ensure_build_user(self.namespace, self.spec.app, self.host.executor)
+                index_auth = self._index_credentials()
             result = builder.ensure_release(
                 self.host.layout, self.key, self.spec, self.host.executor, uv=self.host.uv, identity=identity,
                 on_stage=lambda stage: self.progress(
                     BUILDING, f"building the venv of {self.spec.version} (buildId {build_id}): {stage}"),
+                index_auth=index_auth,
             )
         except builder.BuildFailed as exc:
             raise StepFailed(f"venv build {build_id} failed: {exc}", exc.log_tail) from None
