@@ -94,7 +94,7 @@ def reconcile_app_release(
         return Outcome(status_written=_write_status(api, obj, previous, new))
 
     spec = app.spec
-    update_agent_grants(api, namespace, secrets)
+    update_agent_grants(api, namespace, secrets, references=bool(envrefs.referenced_objects(spec)))
     try:
         digest = _values_digest(api, namespace, name, spec, secrets)
     except (envrefs.MissingReference, envrefs.UnusableValue) as exc:
@@ -165,11 +165,17 @@ def _values_digest(api: KubeApi, namespace: str, name: str, spec: Any, secrets: 
     return envrefs.values_digest(secrets.values_key(), namespace, name, resolved)
 
 
-def update_agent_grants(api: KubeApi, namespace: str, secrets: SecretsConfig) -> None:
+def update_agent_grants(api: KubeApi, namespace: str, secrets: SecretsConfig,
+                        references: bool = True) -> None:
     """Keep the namespace's agent Role to exactly what its AppReleases reference (grants.py).
 
-    Two reads per pass (the namespace's AppReleases, the Role); written only on a change."""
+    `references`: whether the AppRelease being reconciled references anything. Without a Role
+    and without references there is nothing to do (one GET, the common case); otherwise the
+    namespace's AppReleases are listed too. Written only on a change."""
     if secrets.agent_service_account is None:
+        return
+    current = api.read_role_rules(namespace, grants.ROLE_NAME)
+    if current is None and not references:
         return
     refs: set[envrefs.ObjectRef] = set()
     for other in api.list_app_releases(namespace):
@@ -180,7 +186,6 @@ def update_agent_grants(api: KubeApi, namespace: str, secrets: SecretsConfig) ->
         except ValidationError:
             continue  # never rolled out: grants nothing
     manifest = grants.role_manifest(namespace, refs)
-    current = api.read_role_rules(namespace, grants.ROLE_NAME)
     if manifest is None:
         if current is not None:
             log.info("removing Role %s/%s: no AppRelease of the namespace references a Secret or ConfigMap",
