@@ -33,6 +33,8 @@ EXPECTED = {
     ("ClusterRoleBinding", "apprelease-agent"),
     ("Role", "apprelease-operator-leader-election"),
     ("RoleBinding", "apprelease-operator-leader-election"),
+    ("Role", "apprelease-operator-values-key"),  # the operator makes its values-digest key Secret
+    ("RoleBinding", "apprelease-operator-values-key"),
     ("Deployment", "apprelease-operator"),
     ("DaemonSet", "apprelease-agent"),
     ("ValidatingAdmissionPolicy", "apprelease-agent-own-node"),

@@ -3,8 +3,10 @@ tokens minted by the apiserver (TokenRequest), the agents' tokens bound to Pods 
 
 Covers: an agent's token bound to its Pod carries its Node's name; every request the
 operator and the agent make is allowed to them (`kubectl auth can-i` as each identity) and a
-table of things each must not do is denied (Secrets cluster-wide, Nodes, Pods, CRDs, RBAC,
-the other component's writes); real requests agree with can-i; the admission policy lets an
+table of things each must not do is denied (listing Secrets, the agent reading any Secret it
+was not granted, Nodes, Pods, CRDs, escalate/bind and cluster RBAC, the other component's
+writes); the operator's code with its own token keeps the agents' per-namespace Role, and the
+agents' tokens read exactly the referenced Secrets and ConfigMaps, nothing unreferenced, no list; real requests agree with can-i; the admission policy lets an
 agent write (status, metadata, labels) only the HostReleases of its own Node, and refuses
 the agent ServiceAccount's tokens that are not bound to a Node; the real operator, running
 with nothing but its ServiceAccount's token (all namespaces, leader election as deployed),
@@ -138,11 +140,28 @@ OPERATOR_ALLOWED = [
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("create", "leases.coordination.k8s.io", None, NAMESPACE),
+    # Secrets (issue 12): the operator reads referenced Secrets and ConfigMaps by name (the
+    # keyed digest, SecretNotFound with the key) and keeps the agents' Role per namespace; RBAC
+    # lets it grant `get` because it holds `get` (no escalate/bind). Was denied before env
+    # could come from Secrets; list/watch stay denied (below).
+    ("get", "secrets", None, None),
+    ("get", "secrets", None, NAMESPACE),
+    ("get", "configmaps", None, None),
+    ("create", "secrets", None, NAMESPACE),  # its values-digest key, made once
+    *[(v, "roles.rbac.authorization.k8s.io", None, None) for v in ("get", "create", "update", "delete")],
+    *[(v, "rolebindings.rbac.authorization.k8s.io", None, None) for v in ("get", "create", "update", "delete")],
 ]
 OPERATOR_DENIED = [
-    ("get", "secrets", None, None),
     ("list", "secrets", None, None),
-    ("get", "secrets", None, NAMESPACE),
+    ("watch", "secrets", None, None),
+    ("list", "secrets", None, NAMESPACE),
+    ("create", "secrets", None, None),
+    ("update", "secrets", None, None),
+    ("delete", "secrets", None, NAMESPACE),
+    ("escalate", "roles.rbac.authorization.k8s.io", None, None),
+    ("bind", "roles.rbac.authorization.k8s.io", None, None),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", None, None),
+    ("create", "clusterroles.rbac.authorization.k8s.io", None, None),
     ("delete", "nodes", None, None),
     ("patch", "nodes", None, None),
     ("create", "pods", None, None),
@@ -150,7 +169,6 @@ OPERATOR_DENIED = [
     ("update", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None),
-    ("create", "roles.rbac.authorization.k8s.io", None, None),
     ("delete", AR, None, None),
     ("create", AR, None, None),
     ("patch", HR, "status", None),  # status is the agents' to write
@@ -227,7 +245,7 @@ def test_real_requests_agree_with_can_i(world):
     assert name in operator.kubectl("get", "hr", "-A", "-o", "name").stdout
     assert name in agent.kubectl("get", "hr", "-A", "-l", f"{models.NODE_LABEL}={node}", "-o", "name").stdout
     operator.kubectl("get", "nodes", "-o", "name")
-    for who in (operator, agent):
+    for who in (operator, agent):  # neither may list Secrets (the operator gets them by name only)
         denied = who.kubectl("get", "secrets", "-A", check=False)
         assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
     denied = agent.kubectl("delete", "hr", name, "-n", world.ns, check=False)
@@ -235,6 +253,67 @@ def test_real_requests_agree_with_can_i(world):
     denied = agent.kubectl("get", "ar", "-A", check=False)
     assert "Forbidden" in denied.stderr
     operator.kubectl("delete", "hr", name, "-n", world.ns)
+
+
+# ----- Secrets: the agents read exactly what the namespace's AppReleases reference
+
+
+def test_agent_reads_exactly_the_referenced_secrets_granted_by_the_operator_token(world):
+    """The operator's own code and token keep the Role (RBAC's escalation check is real here);
+    the agents' tokens then read a referenced Secret and ConfigMap, not an unreferenced Secret
+    of the same namespace, never a list; the Role follows the references and goes with the last."""
+    from apprelease.controller.kube import KubeApi, client_configuration
+    from apprelease.controller.reconcile import SecretsConfig, update_agent_grants
+
+    ns = world.ns
+    for name in ("db", "unreferenced"):
+        world.cp.kubectl("create", "secret", "generic", name, "-n", ns, "--from-literal=url=postgres://x")
+    world.cp.kubectl("create", "configmap", "settings", "-n", ns, "--from-literal=LOG_LEVEL=debug")
+    doc = copy.deepcopy(EXAMPLE)
+    doc["metadata"] = {"name": "secretive", "namespace": ns}
+    doc["spec"]["hosts"] = {"nodeSelector": {"rbac-test": "nobody"}}
+    doc["spec"]["env"] = [
+        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}},
+        {"name": "LOG_LEVEL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "LOG_LEVEL"}}}]
+    world.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    operator_api = KubeApi.from_configuration(client_configuration(str(world.operator.kubeconfig)))
+    config = SecretsConfig(agent_service_account=(NAMESPACE, AGENT_SA))
+    update_agent_grants(operator_api, ns, config)
+
+    for agent in world.agents.values():
+        def reads_db() -> bool:
+            return agent.kubectl("get", "secret", "db", "-n", ns, check=False).returncode == 0
+
+        wait_for(reads_db, TIMEOUT, lambda: "the agent cannot read the referenced Secret")
+        assert agent.kubectl("get", "configmap", "settings", "-n", ns, check=False).returncode == 0
+        for denied in (("get", "secret", "unreferenced", "-n", ns), ("get", "secrets", "-n", ns),
+                       ("get", "secrets", "-A"), ("get", "configmaps", "-n", ns)):
+            result = agent.kubectl(*denied, check=False)
+            assert result.returncode != 0 and "Forbidden" in result.stderr, (denied, result.stderr)
+        assert agent.can_i("get", "secrets", namespace=ns, name="db")
+        assert not agent.can_i("get", "secrets", namespace=ns, name="unreferenced")
+        assert not agent.can_i("list", "secrets", namespace=ns)
+        assert not agent.can_i("watch", "secrets", namespace=ns)
+
+    # The reference moves to the other Secret: the grant follows.
+    doc["spec"]["env"] = [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "unreferenced", "key": "url"}}}]
+    world.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    update_agent_grants(operator_api, ns, config)
+    agent = world.agents[world.nodes[0]]
+    wait_for(lambda: not agent.can_i("get", "secrets", namespace=ns, name="db"), TIMEOUT, lambda: "db still granted")
+    assert agent.can_i("get", "secrets", namespace=ns, name="unreferenced")
+    assert not agent.can_i("get", "configmaps", namespace=ns, name="settings")
+
+    # No reference left: no Role, no RoleBinding (never an empty resourceNames: that grants all).
+    world.cp.kubectl("delete", "ar", "secretive", "-n", ns, "--wait=false")
+    world.cp.kubectl("patch", "ar", "secretive", "-n", ns, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                     check=False)
+    update_agent_grants(operator_api, ns, config)
+    for kind in ("role", "rolebinding"):
+        assert world.cp.kubectl("get", kind, "-n", ns, "-o", "name").stdout.strip() == ""
+    assert not agent.can_i("get", "secrets", namespace=ns, name="unreferenced")
+    world.cp.kubectl("delete", "secret", "db", "unreferenced", "-n", ns)
+    world.cp.kubectl("delete", "configmap", "settings", "-n", ns)
 
 
 # ----- the admission policy: an agent writes only its own Node's HostReleases

@@ -15,6 +15,7 @@ Nothing but the fixtures needs pytest, so the demo script (`hack/`) can use the 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import json
@@ -210,8 +211,11 @@ class LocalIndex:
     makes each answer wait, like an index across the internet (a build that takes a while).
     """
 
-    def __init__(self, directory: Path, port: int = 0, delay_seconds: float = 0.0):
+    def __init__(self, directory: Path, port: int = 0, delay_seconds: float = 0.0,
+                 basic_auth: tuple[str, str] | None = None):
         self.directory = Path(directory)
+        # (user, password): every request without them is answered 401, as a private index does.
+        self.basic_auth = basic_auth
         self.port_wanted = port
         self.delay_seconds = delay_seconds
         self._lock = threading.Lock()
@@ -314,6 +318,16 @@ class LocalIndex:
     def _serve(self, handler: BaseHTTPRequestHandler, *, head: bool) -> None:
         if self.delay_seconds:
             time.sleep(self.delay_seconds)
+        if self.basic_auth is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            if handler.headers.get("Authorization") != expected:
+                with self._lock:
+                    self._requests.append(IndexRequest(handler.command, handler.path, 401))
+                handler.send_response(HTTPStatus.UNAUTHORIZED)
+                handler.send_header("WWW-Authenticate", 'Basic realm="private index"')
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
         status, content_type, body = self._respond(handler.path)
         with self._lock:
             self._requests.append(IndexRequest(handler.command, handler.path, status))

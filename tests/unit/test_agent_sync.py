@@ -365,7 +365,7 @@ def test_writer_close_waits_for_a_write_in_flight():
 
 
 def test_worker_writes_pending_the_phases_that_lasted_then_ready(monkeypatch):
-    def fake_reconcile(host, release, tls, progress):
+    def fake_reconcile(host, release, tls, progress, values=None):
         progress("Building", "resolving")
         time.sleep(0.5)
         progress("Starting", "starting r1")  # milliseconds: superseded before its window

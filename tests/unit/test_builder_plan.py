@@ -180,3 +180,16 @@ def test_carried_paths() -> None:
 ])
 def test_build_stage_from_output(tool, line, stage) -> None:
     assert build_stage(tool, line) == stage
+
+
+def test_index_credentials_go_into_the_url_quoted_and_are_scrubbed_from_build_logs():
+    from apprelease.host.builder import _BuildLog, index_url_with_credentials, redact
+
+    url = index_url_with_credentials("http://old:x@127.0.0.1:8080/simple/", "bob", "p@ss:w/rd")
+    assert url == "http://bob:p%40ss%3Aw%2Frd@127.0.0.1:8080/simple/"
+    assert redact(f"GET {url} failed; password p@ss:w/rd", ["p@ss:w/rd"]) == \
+        "GET http://bob:****@127.0.0.1:8080/simple/ failed; password ****"
+    log = _BuildLog(secrets=("p@ss:w/rd",))
+    log.add(["uv", "pip", "install"], f"error: {url}\n")
+    log.note("used p@ss:w/rd")
+    assert "p@ss" not in log.tail() and "p%40ss" not in log.tail()

@@ -352,3 +352,27 @@ def test_diff_shows_the_release_command_on_the_first_host_only_and_then_the_othe
     assert "run-release-command" not in " ".join(rows["b"].plan)
     # The first host's release command gates the rest, whatever maxUnavailable allows.
     assert rows["a"].when == "first batch" and rows["b"].when == "after earlier hosts"
+
+
+def test_diff_and_undo_use_the_values_digest_the_operator_wrote_for_referenced_values():
+    """The plugin never reads Secrets: for a spec whose env references one, the desired revision
+    takes the digest from the app's HostReleases, so an unchanged spec diffs as unchanged."""
+    from apprelease.api import resolve as resolve_
+    from apprelease.api.models import AppRelease as AppReleaseModel
+    from apprelease.plugin import views as v
+
+    import copy
+
+    from support.manifests import EXAMPLE
+
+    doc = {**copy.deepcopy(EXAMPLE), "metadata": {"name": "webxample", "namespace": "default"}}
+    doc["spec"]["env"] = [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}}]
+    app = AppReleaseModel.model_validate(doc)
+    spec = resolve_.host_release_spec("default", "webxample", "n1", app.spec, values_digest="v" + "a" * 20)
+    hr = {"metadata": {"name": "webxample-n1", "namespace": "default", "generation": 1,
+                       "labels": {"apprelease.dev/node": "n1", "apprelease.dev/app": "webxample"}},
+          "spec": spec.wire(), "status": {"observedGeneration": 1, "phase": "Ready", "servingRevision": spec.revision}}
+    assert v.values_digest([hr]) == "v" + "a" * 20
+    assert v.desired_revision(doc, v.values_digest([hr])) == spec.revision
+    (row,) = v.diff_rows(app, ["n1"], [hr])
+    assert row.detail == "spec unchanged", row

@@ -1,6 +1,6 @@
 """`apprelease agent ...`: the host agent's commands for people and tests.
 
-    apprelease agent reconcile -f hostrelease.yaml [-f secret.yaml] --root DIR
+    apprelease agent reconcile -f hostrelease.yaml [-f secret.yaml] [-f configmap.yaml] --root DIR
     apprelease agent status --root DIR
     apprelease agent remove --app NAME [--namespace NS] --root DIR
     apprelease agent stop --root DIR          stop this root's supervisor daemon and nginx
@@ -113,6 +113,24 @@ def tls_from_secrets(docs: list[dict]) -> core.TLSSource:
     return lookup
 
 
+def values_from_documents(docs: list[dict]) -> core.ValueSource:
+    """A value source reading the Secret and ConfigMap documents given on the command line
+    (Secret `data` is base64, `stringData` plain text, as kubectl accepts them)."""
+    objects: dict[tuple[str, str, str], dict[str, str]] = {}
+    for d in docs:
+        kind, meta = d.get("kind"), d.get("metadata") or {}
+        if kind not in ("Secret", "ConfigMap") or not meta.get("name"):
+            continue
+        if kind == "Secret":
+            data = {k: base64.b64decode(v).decode("utf-8", "surrogateescape") for k, v in (d.get("data") or {}).items()}
+            data.update({k: str(v) for k, v in (d.get("stringData") or {}).items()})
+        else:
+            data = {k: str(v) for k, v in (d.get("data") or {}).items()}
+        objects[(kind, meta.get("namespace", "default"), meta["name"])] = data
+
+    return lambda kind, namespace, name: objects.get((kind, namespace, name))
+
+
 def _cmd_reconcile(args: argparse.Namespace) -> int:
     docs = []
     for file in args.file:
@@ -131,7 +149,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     for release in releases:
         assert isinstance(release, HostRelease)
         try:
-            result = core.reconcile(host, release, tls_from_secrets(docs))
+            result = core.reconcile(host, release, tls_from_secrets(docs), values=values_from_documents(docs))
         except core.StepFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -249,7 +267,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rec = verbs.add_parser("reconcile", help="move this host to the HostRelease(s) in the given files")
     rec.add_argument("-f", "--file", action="append", required=True,
-                     help="YAML with HostRelease documents (and kubernetes.io/tls Secrets they name)")
+                     help="YAML with HostRelease documents (and the Secrets and ConfigMaps they name: TLS, env)")
     rec.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     add_host_options(rec)
     rec.set_defaults(func=_cmd_reconcile)

@@ -328,7 +328,7 @@ class ClusterAgent:
                 name=f"phases {key}")
         try:
             result = core.reconcile(self.host, release, self._tls_source,
-                                    progress=writer.report if writer else no_progress)
+                                    progress=writer.report if writer else no_progress, values=self._values_source)
         except core.StepFailed as exc:  # before any action: the TLS Secret is missing or unusable
             return sync.failed_status(previous, generation, str(exc))
         finally:
@@ -359,6 +359,15 @@ class ClusterAgent:
             if kube.is_transient(exc):
                 raise Retry(f"reading TLS Secret {namespace}/{name}") from exc
             raise core.StepFailed(f"cannot read TLS Secret {namespace}/{name}: {kube.describe(exc)}") from exc
+
+    def _values_source(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            return self._work_api.read_values(kind, namespace, name)
+        except Exception as exc:
+            if kube.is_transient(exc):
+                raise Retry(f"reading {kind} {namespace}/{name}") from exc
+            # 403 until the operator's Role names it (a new reference): the next resync retries.
+            raise core.StepFailed(f"cannot read {kind} {namespace}/{name}: {kube.describe(exc)}") from exc
 
     def _ensure_finalizer(self, obj: Obj) -> Obj:
         finalizers = sync.finalizers_adding(obj, FINALIZER)

@@ -193,6 +193,23 @@ class HostReleaseAPI:
             raise SecretUnusable(f"Secret {namespace}/{name} has no {' or '.join(missing)}")
         return base64.b64decode(data["tls.crt"]).decode(), base64.b64decode(data["tls.key"]).decode()
 
+    def read_values(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
+        """A referenced Secret's or ConfigMap's data as text; None when it does not exist.
+
+        Allowed only for the objects the operator's Role `apprelease-agent-reads` names (get by
+        name, never list). The values go to the host's data plane and nowhere else: never logged."""
+        timeout = (CONNECT_TIMEOUT, READ_TIMEOUT)
+        try:
+            if kind == "Secret":
+                secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=timeout)
+                return {k: base64.b64decode(v).decode("utf-8", "surrogateescape") for k, v in (secret.data or {}).items()}
+            cm = self.core.read_namespaced_config_map(name, namespace, _request_timeout=timeout)
+            return dict(cm.data or {})
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     # -- reviews (the log endpoint, agent/logserver.py) --------------------------------
 
     def review(self, body: Obj) -> Obj:

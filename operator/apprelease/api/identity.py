@@ -2,7 +2,8 @@
 
 buildId  = hash of what goes into the venv (python, requirements, index, wheel digest).
 revision = hash of buildId and the runtime config (entrypoint, server, env, user, health check;
-           release command, process types and restartedAt when set: `kubectl apprelease
+           release command, process types, envFrom, the keyed digest of referenced values and
+           restartedAt when set: `kubectl apprelease
            restart` asks for new workers of the same build that way; each is left out when
            empty, so revisions recorded before it existed keep their hash and no host
            restarts on an operator upgrade).
@@ -40,7 +41,11 @@ def with_user(spec: ReleaseTemplate, namespace: str, app: str) -> ReleaseTemplat
 
 
 def build_inputs(spec: ReleaseTemplate) -> dict[str, Any]:
-    return {"python": spec.python, "source": spec.source.wire()}
+    # indexCredentials names a Secret, not what goes into the venv: new credentials for the
+    # same index build the same venv (the index URL, without credentials, is in).
+    source = spec.source.wire()
+    source.pop("indexCredentials", None)
+    return {"python": spec.python, "source": source}
 
 
 def build_id(spec: ReleaseTemplate) -> str:
@@ -68,7 +73,9 @@ def health_identity(spec: ReleaseTemplate) -> dict[str, Any]:
     return {k: v for k, v in spec.health_check.wire().items() if k not in LIVENESS_FIELDS}
 
 
-def revision(spec: ReleaseTemplate) -> str:
+def revision(spec: ReleaseTemplate, values_digest: str | None = None) -> str:
+    """`values_digest` is the operator's keyed digest of the values env/envFrom reference
+    (api/envrefs.py): a rotated Secret value makes a new revision, without the values."""
     runtime = {
         "buildId": build_id(spec),
         "entrypoint": spec.entrypoint,
@@ -86,4 +93,8 @@ def revision(spec: ReleaseTemplate) -> str:
         runtime["resources"] = spec.resources.wire()
     if spec.processes:
         runtime["processes"] = {name: p.wire() for name, p in spec.processes.items()}
+    if spec.env_from:
+        runtime["envFrom"] = [e.wire() for e in spec.env_from]
+    if values_digest:
+        runtime["valuesDigest"] = values_digest
     return "r" + _digest(runtime, 11)

@@ -67,6 +67,16 @@ class Wheel(Model):
     sha256: checked(rules.SHA256, "Expected sha256 of the wheel; the install fails on mismatch.")
 
 
+class IndexCredentials(Model):
+    """Basic auth (keys `username` and `password`) or a bearer-style token (key `token`) for indexUrl."""
+
+    secret_name: checked(rules.DNS_SUBDOMAIN, "Name of a Secret in the same namespace with username and password, "
+                                              "or token.")
+
+
+_CREDENTIALS_NEED_INDEX = "indexCredentials needs indexUrl (the index they log in to)"
+
+
 class Source(Model):
     """What goes into the release's virtualenv."""
 
@@ -76,7 +86,8 @@ class Source(Model):
                 {
                     "rule": "has(self.requirements) || has(self.wheel)",
                     "message": "source needs requirements, a wheel, or both",
-                }
+                },
+                {"rule": "!has(self.indexCredentials) || has(self.indexUrl)", "message": _CREDENTIALS_NEED_INDEX},
             ]
         }
     )
@@ -90,11 +101,18 @@ class Source(Model):
         default=None,
         description="Install wheels only (no source distributions): no package code runs at build time.",
     )
+    index_credentials: IndexCredentials | None = Field(
+        default=None,
+        description="Credentials for indexUrl from a Secret: used for the build only, never in the buildId, on disk "
+                    "after the build, or in logs.",
+    )
 
     @model_validator(mode="after")
     def _needs_something(self) -> Source:
         if not self.requirements and self.wheel is None:
             raise ValueError("source needs requirements, a wheel, or both")
+        if self.index_credentials is not None and not self.index_url:
+            raise ValueError(_CREDENTIALS_NEED_INDEX)
         return self
 MANAGED_GUNICORN_ARGS = (
     "--bind", "--user", "--group", "--daemon", "--pid", "--chdir", "--workers", "--threads", "--worker-class",
@@ -145,9 +163,115 @@ class Server(Model):
         return self
 
 
+# Environment from Secrets and ConfigMaps, as core/v1 has it (EnvVarSource, EnvFromSource):
+# the same field names, semantics and validation words, so a Pod's env block can be copied
+# here. Only references travel in specs; the values are read on the host by its agent
+# (agent/kube.py, through a Role the operator maintains) and digested by the operator with a
+# key only it reads (api/envrefs.py): never in an AppRelease, a HostRelease, a log or a hash.
+_ONE_REF = "may not have more than one field specified at a time"
+_SOME_REF = "must specify one of: `configMapKeyRef` or `secretKeyRef`"
+_VALUE_AND_FROM = "may not be specified when `value` is not empty"
+
+
+class SecretKeySelector(Model):
+    """A key of a Secret in the AppRelease's namespace (core/v1 SecretKeySelector)."""
+
+    name: checked(rules.DNS_SUBDOMAIN, "Name of the Secret in the same namespace.")
+    key: checked(rules.CONFIG_KEY, "The key of the Secret to select from.")
+    optional: bool | None = Field(default=None, description="Specify whether the Secret or its key must be defined.")
+
+
+class ConfigMapKeySelector(Model):
+    """A key of a ConfigMap in the AppRelease's namespace (core/v1 ConfigMapKeySelector)."""
+
+    name: checked(rules.DNS_SUBDOMAIN, "Name of the ConfigMap in the same namespace.")
+    key: checked(rules.CONFIG_KEY, "The key to select.")
+    optional: bool | None = Field(default=None, description="Specify whether the ConfigMap or its key must be defined.")
+
+
+class EnvVarSource(Model):
+    """Where an env value comes from (core/v1 EnvVarSource; fieldRef and resourceFieldRef have no host meaning)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "!(has(self.secretKeyRef) && has(self.configMapKeyRef))", "message": _ONE_REF},
+            {"rule": "has(self.secretKeyRef) || has(self.configMapKeyRef)", "message": _SOME_REF},
+        ]}
+    )
+
+    secret_key_ref: SecretKeySelector | None = Field(default=None, description="Selects a key of a Secret.")
+    config_map_key_ref: ConfigMapKeySelector | None = Field(default=None, description="Selects a key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        given = [r for r in (self.secret_key_ref, self.config_map_key_ref) if r is not None]
+        if len(given) > 1:
+            raise ValueError(_ONE_REF)
+        if not given:
+            raise ValueError(_SOME_REF)
+        return self
+
+
 class EnvVar(Model):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+             "message": f"valueFrom: {_VALUE_AND_FROM}"},
+        ]}
+    )
+
     name: checked(rules.ENV_NAME, "Environment variable name.")
     value: checked(rules.ENV_VALUE, "Environment variable value.") = ""
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Source for the environment variable's value. Cannot be used if value is not empty.")
+
+    @model_validator(mode="after")
+    def _value_or_from(self) -> EnvVar:
+        if self.value_from is not None and self.value:
+            raise ValueError(f"valueFrom: {_VALUE_AND_FROM}")
+        return self
+
+
+class SecretEnvSource(Model):
+    """Every key of a Secret as environment variables (core/v1 SecretEnvSource)."""
+
+    name: checked(rules.DNS_SUBDOMAIN, "Name of the Secret in the same namespace.")
+    optional: bool | None = Field(default=None, description="Specify whether the Secret must be defined.")
+
+
+class ConfigMapEnvSource(Model):
+    """Every key of a ConfigMap as environment variables (core/v1 ConfigMapEnvSource)."""
+
+    name: checked(rules.DNS_SUBDOMAIN, "Name of the ConfigMap in the same namespace.")
+    optional: bool | None = Field(default=None, description="Specify whether the ConfigMap must be defined.")
+
+
+class EnvFromSource(Model):
+    """A Secret or ConfigMap whose keys all become environment variables (core/v1 EnvFromSource).
+
+    Keys that are not POSIX variable names are skipped (and named in the agent's log), as the
+    kubelet skips them; `env` entries win over `envFrom` ones of the same name."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "!(has(self.secretRef) && has(self.configMapRef))", "message": _ONE_REF},
+            {"rule": "has(self.secretRef) || has(self.configMapRef)",
+             "message": "must specify one of: `configMapRef` or `secretRef`"},
+        ]}
+    )
+
+    prefix: checked(rules.ENV_PREFIX, "An optional identifier to prepend to each key.") | None = None
+    config_map_ref: ConfigMapEnvSource | None = Field(default=None, description="The ConfigMap to select from.")
+    secret_ref: SecretEnvSource | None = Field(default=None, description="The Secret to select from.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        given = [r for r in (self.secret_ref, self.config_map_ref) if r is not None]
+        if len(given) > 1:
+            raise ValueError(_ONE_REF)
+        if not given:
+            raise ValueError("must specify one of: `configMapRef` or `secretRef`")
+        return self
 
 
 class TLS(Model):
@@ -355,6 +479,11 @@ class ReleaseTemplate(Model):
         description="Environment of the app processes.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Secrets and ConfigMaps whose keys all become environment variables (env wins on a clash).",
+    )
     user: checked(
         rules.POSIX_USER,
         "Dedicated unprivileged user the app runs as (never root, never an account apprelease did not "
@@ -413,6 +542,8 @@ class HostReleaseSpec(ReleaseTemplate):
         default=None,
         description="This host runs release.command (set by the operator: every host, or only the first one).",
     )
+    values_digest: checked(rules.DNS_LABEL, "Keyed digest of the values env and envFrom reference (set by the "
+                                            "operator; a new value means a new revision). Never the values.") | None = None
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -36,21 +36,23 @@ def release_command_nodes(spec: ReleaseTemplate, nodes: Iterable[str]) -> frozen
 
 
 def host_release_spec(namespace: str, app: str, node: str, spec: AppReleaseSpec,
-                      runs_release: bool = False) -> HostReleaseSpec:
+                      runs_release: bool = False, values_digest: str | None = None) -> HostReleaseSpec:
     resolved = identity.with_user(spec, namespace, app)
     template = {name: getattr(resolved, name) for name in _TEMPLATE_FIELDS}
     return HostReleaseSpec(
-        **template, app=app, node=node, build_id=identity.build_id(resolved), revision=identity.revision(resolved),
-        run_release_command=True if runs_release else None,
+        **template, app=app, node=node, build_id=identity.build_id(resolved),
+        revision=identity.revision(resolved, values_digest),
+        run_release_command=True if runs_release else None, values_digest=values_digest,
     )
 
 
-def host_release_specs(namespace: str, app: str, nodes: Iterable[str], spec: AppReleaseSpec) -> dict[str, HostReleaseSpec]:
+def host_release_specs(namespace: str, app: str, nodes: Iterable[str], spec: AppReleaseSpec,
+                       values_digest: str | None = None) -> dict[str, HostReleaseSpec]:
     """node -> the HostRelease spec it runs; the same revision everywhere, and the release
     command on the nodes `release_command_nodes` picks."""
     nodes = sorted(nodes)
     runs = release_command_nodes(spec, nodes)
-    return {node: host_release_spec(namespace, app, node, spec, node in runs) for node in nodes}
+    return {node: host_release_spec(namespace, app, node, spec, node in runs, values_digest) for node in nodes}
 
 
 def host_release(app: AppRelease, node: str) -> HostRelease:

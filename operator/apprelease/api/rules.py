@@ -111,6 +111,17 @@ ENV_NAME = StringRule(
     "a POSIX environment variable name: letters, digits and '_', not starting with a digit",
     128,
 )
+# core/v1's words for ConfigMap and Secret keys (IsConfigMapKey).
+CONFIG_KEY = StringRule(
+    r"^[-._a-zA-Z0-9]+$",
+    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+    253,
+)
+ENV_PREFIX = StringRule(
+    r"^[A-Za-z_][A-Za-z0-9_]*$",
+    "an environment variable name prefix: letters, digits and '_', not starting with a digit",
+    128,
+)
 ENV_VALUE = StringRule(
     r"^[^\x00\r\n]*$",
     "any text on one line: NUL, carriage return and newline are not allowed",

@@ -1,6 +1,7 @@
 """`apprelease operator`: run the Kopf operator. Wiring only.
 
     apprelease operator [--kubeconfig K] [--namespace NS ... | --all-namespaces] [--liveness URL]
+                        [--values-key-secret NS/NAME] [--agent-service-account NS/NAME]
                         [--leader-elect [--leader-elect-namespace NS] [--leader-elect-lease-duration S]]
 
 Without --namespace, all namespaces are served. With --leader-elect the process first waits
@@ -56,8 +57,17 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         use_json()
     if args.metrics_port:
         serve_operator(args.metrics_address, args.metrics_port)
+    from .reconcile import SecretsConfig
+
     config = client_configuration(args.kubeconfig)
-    ctx = OperatorContext(config=config, api=KubeApi.from_configuration(config))
+    api = KubeApi.from_configuration(config)
+    key_ns, _, key_name = args.values_key_secret.partition("/")
+    agent_ns, _, agent_sa = args.agent_service_account.partition("/")
+    import functools
+
+    secrets = SecretsConfig(values_key=functools.cache(lambda: api.values_key(key_ns, key_name)),
+                            agent_service_account=(agent_ns, agent_sa) if agent_sa else None)
+    ctx = OperatorContext(config=config, api=api, secrets=secrets)
     namespaces = args.namespace or []
 
     def run_kopf() -> None:
@@ -144,6 +154,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     op.add_argument("--leader-elect-identity", help="this candidate's name (default: hostname + random suffix)")
     op.add_argument("--leader-elect-lease-duration", type=float, default=15.0, metavar="SECONDS",
                     help="seconds a standby waits on an unrenewed Lease (renew deadline 2/3, retry 2/15 of it)")
+    op.add_argument("--values-key-secret", default="apprelease-system/apprelease-values-key", metavar="NS/NAME",
+                    help="Secret holding the per-cluster key of the values digest (made when absent; only the "
+                         "operator reads it)")
+    op.add_argument("--agent-service-account", default="apprelease-system/apprelease-agent", metavar="NS/NAME",
+                    help="the agents' ServiceAccount, granted get on exactly the Secrets and ConfigMaps AppReleases "
+                         "reference (a Role per namespace); '' keeps no Roles")
     op.add_argument("--debug", action="store_true", help="log at DEBUG level")
     op.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     op.add_argument("--metrics-port", type=int, default=0,

@@ -14,7 +14,9 @@ How a change reaches an AppRelease's reconcile (the triggers):
   ownerReference, else the app label), a Node whose labels changed (or that came or went)
   wakes every loop, an AppRelease whose generation is not yet observed wakes its own loop, and
   one that changed or is deleted also wakes the loops held by a host conflict;
-- the periodic resync makes it level-triggered: a missed event costs at most one period.
+- the periodic resync makes it level-triggered; it is also what notices a rotated Secret value
+  (a new revision) or a Secret that appears (ending SecretNotFound): the operator may `get`
+  Secrets by name but not list or watch them (manifests/operator-rbac.yaml): a missed event costs at most one period.
 The loop reads everything from the API on each pass (no informer cache, no in-memory
 rollout state), so a restarted operator resumes exactly where the API says the rollout is.
 
@@ -40,7 +42,7 @@ from kubernetes.client.exceptions import ApiException
 from .. import metrics
 from ..api.models import APP_LABEL, GROUP, VERSION
 from .kube import APP_PLURAL, HOST_PLURAL, KubeApi, connection_info
-from .reconcile import finalize_app_release, reconcile_app_release, utcnow
+from .reconcile import SecretsConfig, finalize_app_release, reconcile_app_release, utcnow
 from .status import Event
 from .triggers import Wakeups
 
@@ -61,6 +63,7 @@ class OperatorContext:
     node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     held: set[tuple[str, str]] = field(default_factory=set)  # rollouts held by a conflict with an older AppRelease
     resync_seconds: float = RESYNC_SECONDS
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -148,7 +151,7 @@ async def handle_daemon_app_release(
                 # The kubernetes client is synchronous: run the whole pass off the event loop.
                 with metrics.OPERATOR_RECONCILE_SECONDS.time():
                     outcome = await asyncio.to_thread(
-                        reconcile_app_release, ctx.api, namespace, name, utcnow(), kopf_event_sink
+                        reconcile_app_release, ctx.api, namespace, name, utcnow(), kopf_event_sink, ctx.secrets
                     )
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
                 metrics.operator_reconcile_failed(exc)
@@ -184,7 +187,7 @@ async def _pause(ctx: OperatorContext, key: tuple[str, str], timeout: float, sto
 
 
 def handle_delete_app_release(ctx: OperatorContext, namespace: str, name: str, logger: logging.Logger) -> None:
-    remaining = finalize_app_release(ctx.api, namespace, name)
+    remaining = finalize_app_release(ctx.api, namespace, name, ctx.secrets)
     if remaining:
         raise kopf.TemporaryError(
             f"waiting for the agents to clean up and release {', '.join(remaining)}",

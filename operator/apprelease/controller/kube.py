@@ -14,7 +14,10 @@ from typing import Any
 
 import kopf
 import kubernetes
-from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
+import base64
+import secrets as random_secrets
+
+from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -162,6 +165,7 @@ class KubeApi:
     def __init__(self, client: ApiClient) -> None:
         self.custom = CustomObjectsApi(client)
         self.core = CoreV1Api(client)
+        self.rbac = RbacAuthorizationV1Api(client)
 
     @classmethod
     def from_configuration(cls, config: Configuration) -> KubeApi:
@@ -257,3 +261,91 @@ class KubeApi:
             GROUP, VERSION, namespace, APP_PLURAL, name, dict(patch),
             field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT,
         )
+
+    def list_app_releases(self, namespace: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, APP_PLURAL,
+                                                          _request_timeout=REQUEST_TIMEOUT)
+        return list(listed.get("items") or [])
+
+    # -- Secrets and ConfigMaps the AppReleases reference (values never logged or returned upward
+    # beyond api.envrefs, which digests them)
+
+    def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data decoded to text; None when it does not exist."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return decode_secret_data(secret.data)
+
+    def read_config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            cm = self.core.read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(cm.data or {})
+
+    def values_key(self, namespace: str, name: str) -> bytes:
+        """The per-cluster key of the values digest (api/envrefs.py): Secret `namespace/name`,
+        made once with 32 random bytes. Only the operator reads it (its Role in its namespace)."""
+        data = self.read_secret_data(namespace, name)
+        if data is None:
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "data": {"key": base64.b64encode(random_secrets.token_bytes(32)).decode()}}
+            try:
+                self.core.create_namespaced_secret(namespace, body, field_manager=FIELD_MANAGER,
+                                                   _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as exc:
+                if exc.status != 409:  # another replica made it first: read theirs
+                    raise
+            data = self.read_secret_data(namespace, name)
+        if not data or not data.get("key"):
+            raise RuntimeError(f"Secret {namespace}/{name} has no key 'key' (the values digest key)")
+        return data["key"].encode("utf-8", "surrogateescape")
+
+    # -- the agents' Role per namespace (controller/grants.py)
+
+    def read_role_rules(self, namespace: str, name: str) -> list[dict[str, Any]] | None:
+        try:
+            role = self.rbac.read_namespaced_role(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return [ApiClient().sanitize_for_serialization(r) for r in (role.rules or [])]
+
+    def apply_role(self, manifest: Mapping[str, Any], exists: bool) -> None:
+        meta = manifest["metadata"]
+        if exists:
+            self.rbac.replace_namespaced_role(meta["name"], meta["namespace"], dict(manifest),
+                                              field_manager=FIELD_MANAGER, _request_timeout=REQUEST_TIMEOUT)
+        else:
+            self.rbac.create_namespaced_role(meta["namespace"], dict(manifest), field_manager=FIELD_MANAGER,
+                                             _request_timeout=REQUEST_TIMEOUT)
+
+    def ensure_role_binding(self, manifest: Mapping[str, Any]) -> None:
+        meta = manifest["metadata"]
+        try:
+            self.rbac.create_namespaced_role_binding(meta["namespace"], dict(manifest), field_manager=FIELD_MANAGER,
+                                                     _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def delete_role_and_binding(self, namespace: str, name: str) -> None:
+        for delete in (self.rbac.delete_namespaced_role_binding, self.rbac.delete_namespaced_role):
+            try:
+                delete(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
+    """A Secret's `data` (base64 on the wire) as text; bytes that are not UTF-8 survive as surrogates."""
+    return {k: base64.b64decode(v).decode("utf-8", "surrogateescape") for k, v in (data or {}).items()}

@@ -19,11 +19,11 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .. import metrics
-from ..api import identity, resolve
+from ..api import envrefs, identity, resolve
 from ..api.claims import Claims
 from ..api.manifests import explain
 from ..api.models import AppRelease, AppReleaseStatus
-from . import conflicts, plan, status
+from . import conflicts, grants, plan, status
 from .kube import KubeApi, host_release_manifest, host_view, status_patch
 from .status import Event
 
@@ -41,6 +41,20 @@ class Outcome:
     requeue_after: float | None = None  # seconds until a time-based change (progress deadline)
     status_written: bool = False
     held: bool = False  # held by a conflict with an older AppRelease: woken when another one changes or goes
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    """How the operator handles referenced values: the digest key, and whose Role it keeps.
+
+    `values_key` returns the key (read, or made, on first use: an operator whose AppReleases
+    reference nothing never touches it); None: references resolve (SecretNotFound is reported)
+    but no digest is made, so a rotated value rolls out nothing (only tests without a key).
+    `agent_service_account` None: no per-namespace Role is kept (e.g. a cluster whose agents
+    get their reads some other way)."""
+
+    values_key: Callable[[], bytes] | None = None
+    agent_service_account: tuple[str, str] | None = None  # (namespace, name)
 
 
 def utcnow() -> datetime:
@@ -61,7 +75,8 @@ def previous_status(obj: Mapping[str, Any]) -> AppReleaseStatus | None:
 
 
 def reconcile_app_release(
-    api: KubeApi, namespace: str, name: str, now: datetime, post: EventSink
+    api: KubeApi, namespace: str, name: str, now: datetime, post: EventSink,
+    secrets: SecretsConfig = SecretsConfig(),
 ) -> Outcome:
     obj = api.get_app_release(namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
@@ -79,8 +94,20 @@ def reconcile_app_release(
         return Outcome(status_written=_write_status(api, obj, previous, new))
 
     spec = app.spec
+    update_agent_grants(api, namespace, secrets, references=bool(envrefs.referenced_objects(spec)))
+    try:
+        digest = _values_digest(api, namespace, name, spec, secrets)
+    except (envrefs.MissingReference, envrefs.UnusableValue) as exc:
+        # Like an invalid spec: nothing moves on any host (they keep serving what they serve)
+        # until the object exists; its creation wakes this loop (the Secret/ConfigMap watch).
+        reason = status.SECRET_NOT_FOUND if isinstance(exc, envrefs.MissingReference) else status.SECRET_UNUSABLE
+        new = status.invalid_spec_status(previous, generation, str(exc), now, reason)
+        for event in status.invalid_spec_events(previous, new, reason):
+            post(obj, event)
+        return Outcome(status_written=_write_status(api, obj, previous, new))
     nodes = api.list_node_names(spec.hosts.node_selector)
-    desired = {node: s.wire() for node, s in resolve.host_release_specs(namespace, name, nodes, spec).items()}
+    desired = {node: s.wire()
+               for node, s in resolve.host_release_specs(namespace, name, nodes, spec, digest).items()}
     before = [host_view(o) for o in api.list_host_releases(namespace, name)]
     step = plan.next_step(desired, before, spec.strategy.max_unavailable, spec.paused)
     conflict = None
@@ -98,7 +125,7 @@ def reconcile_app_release(
     rollout = status.Rollout(
         generation=generation,
         version=spec.version,
-        revision=identity.revision(identity.with_user(spec, namespace, name)),
+        revision=identity.revision(identity.with_user(spec, namespace, name), digest),
         build_id=identity.build_id(spec),
         desired=desired,
         hosts=after,
@@ -116,6 +143,61 @@ def reconcile_app_release(
     _record_metrics(namespace, name, previous, new, events)
     return Outcome(requeue_after=status.deadline_in(rollout, new, now), status_written=written,
                    held=conflict is not None)
+
+
+def _values_digest(api: KubeApi, namespace: str, name: str, spec: Any, secrets: SecretsConfig) -> str | None:
+    """The keyed digest of what env/envFrom reference (None without references). Raises
+    envrefs.MissingReference / UnusableValue; the values go no further than this function."""
+    def lookup(kind: str, ref_name: str) -> dict[str, str] | None:
+        if kind == envrefs.SECRET:
+            return api.read_secret_data(namespace, ref_name)
+        return api.read_config_map_data(namespace, ref_name)
+
+    creds = spec.source.index_credentials
+    if creds is not None:  # checked, never digested: new credentials build the same venv
+        envrefs.index_credentials(namespace, creds.secret_name, lookup(envrefs.SECRET, creds.secret_name))
+    if not envrefs.has_references(spec):
+        return None
+
+    resolved = envrefs.resolve_env(spec, namespace, lookup)
+    if secrets.values_key is None:
+        return None
+    return envrefs.values_digest(secrets.values_key(), namespace, name, resolved)
+
+
+def update_agent_grants(api: KubeApi, namespace: str, secrets: SecretsConfig,
+                        references: bool = True) -> None:
+    """Keep the namespace's agent Role to exactly what its AppReleases reference (grants.py).
+
+    `references`: whether the AppRelease being reconciled references anything. Without a Role
+    and without references there is nothing to do (one GET, the common case); otherwise the
+    namespace's AppReleases are listed too. Written only on a change."""
+    if secrets.agent_service_account is None:
+        return
+    current = api.read_role_rules(namespace, grants.ROLE_NAME)
+    if current is None and not references:
+        return
+    refs: set[envrefs.ObjectRef] = set()
+    for other in api.list_app_releases(namespace):
+        if other["metadata"].get("deletionTimestamp"):
+            continue  # leaving: its agents clean up without reading values
+        try:
+            refs |= envrefs.referenced_objects(AppRelease.model_validate(other).spec)
+        except ValidationError:
+            continue  # never rolled out: grants nothing
+    manifest = grants.role_manifest(namespace, refs)
+    if manifest is None:
+        if current is not None:
+            log.info("removing Role %s/%s: no AppRelease of the namespace references a Secret or ConfigMap",
+                     namespace, grants.ROLE_NAME)
+            api.delete_role_and_binding(namespace, grants.ROLE_NAME)
+        return
+    if current != manifest["rules"]:
+        log.info("granting the agents get on %s in %s", ", ".join(f"{r.kind}/{r.name}" for r in sorted(refs)),
+                 namespace)
+        api.apply_role(manifest, exists=current is not None)
+    sa_namespace, sa_name = secrets.agent_service_account
+    api.ensure_role_binding(grants.role_binding_manifest(namespace, sa_namespace, sa_name))
 
 
 def _cluster_conflicts(api: KubeApi, obj: Mapping[str, Any], app: AppRelease) -> list[conflicts.ClusterConflict]:
@@ -140,12 +222,14 @@ def _contender(obj: Mapping[str, Any], app: AppRelease) -> conflicts.Contender:
     )
 
 
-def finalize_app_release(api: KubeApi, namespace: str, name: str) -> list[str]:
+def finalize_app_release(api: KubeApi, namespace: str, name: str,
+                         secrets: SecretsConfig = SecretsConfig()) -> list[str]:
     """Delete the app's HostReleases; return the names still present (their agents are cleaning up).
 
     HostReleases of Nodes that no longer exist lose the agent's finalizer here: no agent
-    will ever report on them.
+    will ever report on them. The agents' Role stops naming what only this app referenced.
     """
+    update_agent_grants(api, namespace, secrets)
     hosts = [host_view(o) for o in api.list_host_releases(namespace, name)]
     for host in hosts:
         if not host.deleting:

@@ -41,6 +41,8 @@ PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 HOST_FAILED = "HostFailed"
 HOST_CONFLICT = "HostConflict"  # an agent refused a host (Conflict), or the operator held the rollout
 INVALID_SPEC = "InvalidSpec"
+SECRET_NOT_FOUND = "SecretNotFound"  # a referenced Secret/ConfigMap or key is missing: nothing moves
+SECRET_UNUSABLE = "SecretValueUnusable"  # a referenced value cannot be an environment value
 NO_FAILURES = "NoHostFailed"
 LIVENESS_FAILED = "LivenessFailed"  # a host's live revision fails its liveness probes (agent/cluster.py)
 
@@ -159,11 +161,12 @@ def compute_status(rollout: Rollout, previous: AppReleaseStatus | None, now: dat
 
 
 def invalid_spec_status(
-    previous: AppReleaseStatus | None, generation: int, message: str, now: datetime
+    previous: AppReleaseStatus | None, generation: int, message: str, now: datetime, reason: str = INVALID_SPEC
 ) -> AppReleaseStatus:
-    """The previous status, marked Degraded/InvalidSpec for `generation`; hosts are left alone."""
+    """The previous status, marked Degraded/`reason` (InvalidSpec, SecretNotFound) for
+    `generation`; hosts are left alone, so they keep serving what they serve."""
     prev = previous or AppReleaseStatus()
-    conditions = set_condition(prev.conditions, DEGRADED, "True", INVALID_SPEC, message, now, generation)
+    conditions = set_condition(prev.conditions, DEGRADED, "True", reason, message, now, generation)
     return prev.model_copy(update={"observed_generation": generation, "conditions": conditions})
 
 
@@ -229,13 +232,14 @@ def rollout_events(
     return events
 
 
-def invalid_spec_events(previous: AppReleaseStatus | None, new: AppReleaseStatus) -> list[Event]:
+def invalid_spec_events(previous: AppReleaseStatus | None, new: AppReleaseStatus,
+                        reason: str = INVALID_SPEC) -> list[Event]:
     before, now = condition(previous, DEGRADED), condition(new, DEGRADED)
-    if now is None or now.reason != INVALID_SPEC:
+    if now is None or now.reason != reason:
         return []
-    if before is not None and before.reason == INVALID_SPEC and before.message == now.message:
+    if before is not None and before.reason == reason and before.message == now.message:
         return []
-    return [Event("Warning", INVALID_SPEC, now.message)]
+    return [Event("Warning", reason, now.message)]
 
 
 def halted_reason(previous: AppReleaseStatus | None, new: AppReleaseStatus) -> str | None:

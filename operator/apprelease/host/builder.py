@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..api import identity
 from ..api.models import HostReleaseSpec
@@ -233,20 +233,43 @@ def _now() -> str:
 
 @dataclass
 class _BuildLog:
-    """Everything the build commands printed, each command introduced by its argv."""
+    """Everything the build commands printed, each command introduced by its argv.
+
+    `secrets` (the index credentials) are replaced by **** in everything added, raw and
+    URL-quoted, so no credential reaches release.json, a status or a log line."""
 
     text: str = ""
+    secrets: tuple[str, ...] = ()
+
+    def _scrub(self, text: str) -> str:
+        return redact(text, self.secrets)
 
     def add(self, argv: Sequence[str], output: str) -> None:
-        self.text += f"$ {' '.join(argv)}\n{output}"
+        self.text += self._scrub(f"$ {' '.join(argv)}\n{output}")
         if output and not output.endswith("\n"):
             self.text += "\n"
 
     def note(self, line: str) -> None:
-        self.text += f"# {line}\n"
+        self.text += self._scrub(f"# {line}\n")
 
     def tail(self) -> str:
         return tail(self.text)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            for form in {secret, quote(secret, safe="")}:
+                text = text.replace(form, "****")
+    return text
+
+
+def index_url_with_credentials(index_url: str, username: str, password: str) -> str:
+    """`index_url` with basic-auth credentials in its netloc (URL-quoted), as uv reads them."""
+    parts = urlsplit(index_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 @dataclass(frozen=True)
@@ -269,6 +292,7 @@ def ensure_release(
     python_search_path: Sequence[str] = DEFAULT_PYTHON_SEARCH_PATH,
     timeout: float = 900,
     on_stage: Callable[[str], None] | None = None,
+    index_auth: tuple[str, str] | None = None,
 ) -> BuildResult:
     """Make sure `releases/<spec.build_id>` exists and is complete; build it if not.
 
@@ -277,6 +301,11 @@ def ensure_release(
     `identity`, the app's build user. Raises `BuildFailed`, leaving no trace in `releases/`
     but the app's cache. `on_stage` hears what a real build is doing ("resolving",
     "installing 2 packages", ...); a reused release says nothing.
+
+    `index_auth` (user, password) logs in to source.indexUrl for this build only: uv gets them
+    in its environment (UV_DEFAULT_INDEX, readable by the build user and root only, never on a
+    command line every local user can read, never in a file), and they are scrubbed from the
+    build log. pip takes credentials only on its command line, so it is refused then.
     """
     started = time.monotonic()
     paths = layout.app(key)
@@ -288,19 +317,22 @@ def ensure_release(
         raise ValueError("a build needs a build identity (users.ensure_build_user): builds never run as root")
 
     tool: Tool = "uv" if uv else "pip"
+    if index_auth is not None and not uv:
+        raise BuildFailed(build_id, "source.indexCredentials needs uv on the host: pip takes credentials only on "
+                                    "its command line, which every local user can read")
     if uv:
         uv = tool_for_build_users(layout, uv)
     started_at = _now()
     _make_dirs(paths.releases)
     tmp = paths.releases / f"{TMP_PREFIX}{build_id}-{secrets.token_hex(4)}"
     os.mkdir(tmp, 0o700)
-    build_log = _BuildLog()
+    build_log = _BuildLog(secrets=tuple(index_auth) if index_auth else ())
     try:
         os.chown(tmp, identity.uid, identity.gid)
         interpreter, software = _build_into(
             tmp, paths, spec, executor, build_log, uv=uv, identity=identity, venv_cache=layout.venv_cache,
             search_path=python_search_path,
-            timeout=timeout, on_stage=on_stage or (lambda _: None),
+            timeout=timeout, on_stage=on_stage or (lambda _: None), index_auth=index_auth,
         )
         record = release_document(
             spec,
@@ -334,6 +366,7 @@ def _build_into(
     search_path: Sequence[str],
     timeout: float,
     on_stage: Callable[[str], None],
+    index_auth: tuple[str, str] | None = None,
 ) -> tuple[Interpreter, ServerSoftware]:
     build_id = spec.build_id
     tool: Tool = "uv" if uv else "pip"
@@ -368,12 +401,19 @@ def _build_into(
             spec.source.wheel.url, spec.source.wheel.sha256, tmp / DOWNLOAD_DIR, build_id=build_id
         )
 
+    index_url = spec.source.index_url
+    install_env = env
+    if index_auth is not None and index_url:
+        # The index with its credentials through the environment, not argv (/proc/*/cmdline is
+        # world-readable); --index-url is then left out, or it would win over it.
+        install_env = {**env, "UV_DEFAULT_INDEX": index_url_with_credentials(index_url, *index_auth)}
+        index_url = None
     install = install_command(
         tool,
         venv,
         uv=uv,
         cache_dir=cache_dir,
-        index_url=spec.source.index_url,
+        index_url=index_url,
         wheel_file=wheel_file,
         requirements=spec.source.requirements or [],
         only_binary=bool(spec.source.only_binary),
@@ -386,7 +426,7 @@ def _build_into(
 
     on_stage("resolving the requirements")
     visible = [tmp, paths.build_cache, *([Path(uv).parent] if uv else [])]
-    _run_step(executor, confine(install, identity, visible), env, build_log, build_id=build_id, tool=tool,
+    _run_step(executor, confine(install, identity, visible), install_env, build_log, build_id=build_id, tool=tool,
               timeout=timeout, on_line=on_line, only_binary=bool(spec.source.only_binary))
 
     seal(tmp)  # the build's processes are gone: from here on only root touches the tree

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..api import claims
+from ..api import claims, envrefs
 from ..api.models import (
     CONFLICT_REASON,
     BuildRecord,
@@ -63,6 +63,13 @@ GUNICORN_PROGRESS = re.compile(r"^\[[^]]+\] \[\d+\] \[(INFO|DEBUG)\] ")
 
 # (namespace, secret name) -> (certificate PEM, key PEM); raises KeyError when absent.
 TLSSource = Callable[[str, str], tuple[str, str]]
+# (kind Secret|ConfigMap, namespace, name) -> the object's data as text, None when absent: what
+# env/envFrom/indexCredentials read (the agent: through its Role; standalone: the given files).
+# Read only when a step needs the values (start, release command, build with credentials), so
+# a converged host reads nothing at a resync. The values reach the app's processes and the
+# supervisor's watcher files (root-owned 0600 in a 0700 directory) only.
+ValueSource = Callable[[str, str, str], Mapping[str, str] | None]
+SECRET_NOT_FOUND = "SecretNotFound"
 
 
 @dataclass
@@ -299,13 +306,53 @@ class _Apply:
 
     def __init__(self, host: Host, key: str, spec: HostReleaseSpec | None = None, site: str = "",
                  app_state: state.AppState | None = None, namespace: str | None = None,
-                 progress: Progress = no_progress):
+                 progress: Progress = no_progress, values: ValueSource | None = None):
         self.host, self.key, self.spec, self.site, self.namespace = host, key, spec, site, namespace
         self.state = app_state or state.AppState()
         self.paths = host.layout.app(key)
         self.progress = progress
+        self.values = values
+        self._resolved: dict[str, str] | None = None
+
+    def resolved_env(self) -> dict[str, str] | None:
+        """The spec's environment with referenced values (None when it references nothing);
+        read once per reconcile. Raises StepFailed (reason SecretNotFound) naming what is missing."""
+        spec = self.spec
+        if spec is None or not envrefs.has_references(spec):
+            return None
+        if self._resolved is None:
+            if self.values is None:
+                raise StepFailed("env references Secrets or ConfigMaps but no source of them is configured")
+            namespace = self.namespace or "default"
+            try:
+                resolved = envrefs.resolve_env(spec, namespace, lambda kind, name: self.values(kind, namespace, name))
+            except envrefs.MissingReference as exc:
+                raise StepFailed(f"{exc}; the serving revision keeps serving", reason=SECRET_NOT_FOUND) from None
+            except envrefs.UnusableValue as exc:
+                raise StepFailed(str(exc)) from None
+            if resolved.skipped:  # names only, never values
+                log.warning("%s: envFrom keys that are not variable names were skipped: %s", self.key,
+                            ", ".join(resolved.skipped))
+            self._resolved = resolved.env
+        return self._resolved
+
+    def _index_credentials(self) -> tuple[str, str] | None:
+        """(user, password) for source.indexUrl from source.indexCredentials, read for a build only."""
+        creds = self.spec.source.index_credentials if self.spec is not None else None
+        if creds is None:
+            return None
+        if self.values is None:
+            raise StepFailed("source.indexCredentials names a Secret but no source of Secrets is configured")
+        namespace = self.namespace or "default"
+        try:
+            return envrefs.index_credentials(namespace, creds.secret_name,
+                                             self.values(envrefs.SECRET, namespace, creds.secret_name))
+        except envrefs.MissingReference as exc:
+            raise StepFailed(f"source.indexCredentials: {exc}", reason=SECRET_NOT_FOUND) from None
 
     def run(self, actions: tuple[plan.Action, ...], steps: list[Step]) -> None:
+        if any(a.kind in (plan.START, plan.RUN_RELEASE, plan.START_PROCESSES) for a in actions):
+            self.resolved_env()  # before anything moves: a missing Secret costs the host nothing
         for action in actions:
             started = time.monotonic()
             log.info("%s: %s", self.key, action)
@@ -352,13 +399,16 @@ class _Apply:
     def do_ensure_release(self, build_id: str) -> None:
         try:
             identity = None
+            index_auth = None
             if not self.paths.release(build_id).is_dir():  # a reuse runs nothing: no build user needed
                 assert self.namespace is not None, "a build needs the app's namespace (its build user)"
                 identity = users.ensure_build_user(self.namespace, self.spec.app, self.host.executor)
+                index_auth = self._index_credentials()
             result = builder.ensure_release(
                 self.host.layout, self.key, self.spec, self.host.executor, uv=self.host.uv, identity=identity,
                 on_stage=lambda stage: self.progress(
                     BUILDING, f"building the venv of {self.spec.version} (buildId {build_id}): {stage}"),
+                index_auth=index_auth,
             )
         except builder.BuildFailed as exc:
             raise StepFailed(f"venv build {build_id} failed: {exc}", exc.log_tail) from None
@@ -374,7 +424,7 @@ class _Apply:
         self.paths.socket(revision).unlink(missing_ok=True)  # a stale socket from a crash
         software = builder.server_software(self.paths.release(self.spec.build_id))
         try:
-            watcher = watcher_for(self.host.layout, self.key, self.spec, software,
+            watcher = watcher_for(self.host.layout, self.key, self.spec, software, self.resolved_env(),
                                   scoped=self.host.services is not None)
         except UnsupportedServer as exc:
             # As final as a failed health check: this venv will never run this spec.
@@ -400,7 +450,7 @@ class _Apply:
             raise StepFailed(f"app user {spec.user} does not exist on this host")
         outcome = release_command.run(
             self.host.executor, argv, uid=ids[0], gid=ids[1], cwd=self.paths.release(spec.build_id),
-            env=app_environment(venv, spec), timeout=release.timeout_seconds,
+            env=app_environment(venv, spec, self.resolved_env()), timeout=release.timeout_seconds,
             log_path=self.paths.release_command_log(revision),
         )
         self.state.release_command = ReleaseCommandRecord(
@@ -414,7 +464,7 @@ class _Apply:
 
     def do_start_processes(self, revision: str) -> None:
         try:
-            wanted = process_watchers(self.host.layout, self.key, self.spec)
+            wanted = process_watchers(self.host.layout, self.key, self.spec, self.resolved_env())
         except ProgramNotFound as exc:
             self.do_stop_watcher(revision)  # never half a revision: its web server goes too
             raise self._fail_revision(revision, f"revision {revision} ({self.spec.version}): {exc}") from None
@@ -506,7 +556,7 @@ class _Apply:
 
 
 def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None,
-              progress: Progress = no_progress) -> Result:
+              progress: Progress = no_progress, values: ValueSource | None = None) -> Result:
     """Move this host to `release.spec`; never leaves it without the previously serving revision.
 
     `progress` hears the phase of each step as it begins (host/progress.py); the returned
@@ -548,7 +598,7 @@ def reconcile(host: Host, release: HostRelease, tls: TLSSource | None = None,
     error: StepFailed | None = None
     paths.base.mkdir(parents=True, exist_ok=True)
     try:
-        _Apply(host, key, spec, site, app_state, namespace, progress).run(the_plan.actions, result.steps)
+        _Apply(host, key, spec, site, app_state, namespace, progress, values).run(the_plan.actions, result.steps)
     except StepFailed as exc:
         error = exc
         log.warning("%s: %s", key, exc)

@@ -79,9 +79,12 @@ def gunicorn_argv(python: Path, socket: Path, spec: HostReleaseSpec, software: S
     )
 
 
-def app_environment(venv: Path, spec: HostReleaseSpec) -> dict[str, str]:
-    """The complete environment of every process of a revision (web, release command, process types)."""
-    env = {e.name: e.value for e in spec.env}
+def app_environment(venv: Path, spec: HostReleaseSpec, resolved: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The complete environment of every process of a revision (web, release command, process types).
+
+    `resolved` is the spec's environment with values read from Secrets and ConfigMaps
+    (api/envrefs.resolve_env); without it only literal values exist."""
+    env = dict(resolved) if resolved is not None else {e.name: e.value for e in spec.env if e.value_from is None}
     # The venv's bin first so subprocesses the app starts find the venv's tools; a PATH
     # given in the spec is kept behind it.
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
@@ -113,11 +116,12 @@ def program_argv(venv: Path, command: Sequence[str], field: str) -> tuple[str, .
     return (str(python), str(program), *command[1:])
 
 
-def process_watchers(layout: HostLayout, key: str, spec: HostReleaseSpec) -> list[WatcherSpec]:
+def process_watchers(layout: HostLayout, key: str, spec: HostReleaseSpec,
+                     resolved: Mapping[str, str] | None = None) -> list[WatcherSpec]:
     """One watcher per replica of each process type of `spec.revision` (name: see layout)."""
     app = layout.app(key)
     venv = app.venv(spec.build_id)
-    env = app_environment(venv, spec)
+    env = app_environment(venv, spec, resolved)
     out = []
     for name, process in sorted(spec.processes.items()):
         argv = program_argv(venv, process.command, f"processes.{name}.command")
@@ -140,7 +144,7 @@ def process_watchers(layout: HostLayout, key: str, spec: HostReleaseSpec) -> lis
 
 
 def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec, software: ServerSoftware,
-                *, scoped: bool = False) -> WatcherSpec:
+                resolved: Mapping[str, str] | None = None, *, scoped: bool = False) -> WatcherSpec:
     """The watcher serving `spec.revision` of app `key` on `run/<revision>.sock`.
 
     `software` is what the release's venv holds (release.json): the options depend on it.
@@ -148,7 +152,7 @@ def watcher_for(layout: HostLayout, key: str, spec: HostReleaseSpec, software: S
     """
     app = layout.app(key)
     venv = app.venv(spec.build_id)
-    env = app_environment(venv, spec)
+    env = app_environment(venv, spec, resolved)
     name = watcher_name(key, spec.revision)
     scope = units.scope_argv(watcher=name, key=key, user=spec.user, group=spec.user,
                              memory_max=spec.resources.memory_max, cpu_weight=spec.resources.cpu_weight,

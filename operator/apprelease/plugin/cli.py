@@ -137,7 +137,8 @@ def cmd_undo(ctx: Context) -> int:
     args = ctx.args
     app = ctx.api.get_app_release(args.name)
     try:
-        target = views.undo_target(app, args.to_revision)
+        digest = views.values_digest(ctx.api.host_releases(args.name))
+        target = views.undo_target(app, args.to_revision, digest)
     except views.UndoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -146,7 +147,7 @@ def cmd_undo(ctx: Context) -> int:
         application = ctx.api.argocd_application(tracking.application)
         print(views.argocd_advice(app, tracking, target, application), file=sys.stderr)
         return EXIT_FAILED
-    if views.desired_revision(app) == target.revision:
+    if views.desired_revision(app, digest) == target.revision:
         print(f"{RESOURCE}/{args.name} skipped rollback (the spec already is {target.version}, {target.revision})")
         return EXIT_OK
     ctx.api.patch_app_release(args.name, views.undo_patch(app, target.template or {}), json_patch=True)

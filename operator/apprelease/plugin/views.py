@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api import identity, resolve
+from ..api import envrefs, identity, resolve
 from ..api.models import (
     APP_LABEL,
     NODE_LABEL,
@@ -319,16 +319,28 @@ class UndoError(ValueError):
     """No revision to go back to, or the one asked for cannot be applied; the message says why."""
 
 
-def desired_revision(app: Obj) -> str | None:
-    """The revision the AppRelease's spec asks for now (None if the spec does not validate)."""
+def values_digest(hrs: Sequence[Obj]) -> str | None:
+    """The keyed digest of referenced values the operator last wrote into the app's HostReleases.
+
+    The plugin never reads Secrets and cannot compute it (the key is the operator's); the
+    newest one written is what the spec's revision has while the values stay as they are."""
+    found = [(generation(hr), spec.values_digest) for hr in hrs
+             if (spec := host_spec(hr)) is not None and spec.values_digest]
+    return max(found)[1] if found else None
+
+
+def desired_revision(app: Obj, digest: str | None = None) -> str | None:
+    """The revision the AppRelease's spec asks for now (None if the spec does not validate);
+    `digest`: `values_digest` of its HostReleases, for a spec whose env references Secrets."""
     try:
         model = AppRelease.model_validate(app)
     except ValidationError:
         return None
-    return identity.revision(identity.with_user(model.spec, model.metadata.namespace, model.metadata.name))
+    digest = digest if envrefs.has_references(model.spec) else None
+    return identity.revision(identity.with_user(model.spec, model.metadata.namespace, model.metadata.name), digest)
 
 
-def undo_target(app: Obj, to_revision: str | None = None) -> RetainedRelease:
+def undo_target(app: Obj, to_revision: str | None = None, digest: str | None = None) -> RetainedRelease:
     """The history entry `undo` applies: the most recent one whose revision differs from the
     spec's (after v1 -> v2 that is v1; after a failed v3 it is v2, the last that completed),
     or the one named by `to_revision` (a revision hash, a unique prefix of one, or a version)."""
@@ -345,7 +357,7 @@ def undo_target(app: Obj, to_revision: str | None = None) -> RetainedRelease:
                             + ", ".join(f"{r.revision} ({r.version})" for r in matches))
         target = matches[-1]
     else:
-        current = desired_revision(app)
+        current = desired_revision(app, digest)
         older = [r for r in history if r.revision != current]
         if not older:
             raise UndoError("no earlier revision in the history to go back to")
@@ -517,7 +529,10 @@ def _label(spec: HostReleaseSpec | None) -> str:
 def diff_rows(new: AppRelease, nodes: Sequence[str], hrs: Sequence[Obj]) -> list[DiffRow]:
     """Per host, what applying `new` does: the operator's fan-out and rollout order, the agent's plan."""
     namespace, name = new.metadata.namespace, new.metadata.name
-    desired = resolve.host_release_specs(namespace, name, nodes, new.spec)
+    # The values digest as the operator last wrote it: right while the referenced values stay
+    # as they are (a changed value shows as a new revision once the operator has seen it).
+    digest = values_digest(hrs) if envrefs.has_references(new.spec) else None
+    desired = resolve.host_release_specs(namespace, name, nodes, new.spec, digest)
     desired_wire = {n: s.wire() for n, s in desired.items()}
     views = [rollout_plan.HostView(
         name=(hr.get("metadata") or {}).get("name", ""), node=node_of(hr),
