@@ -37,10 +37,10 @@ from typing import Any
 
 import kopf
 import urllib3
-from kubernetes.client import Configuration
-from kubernetes.client.exceptions import ApiException
 
 from .. import metrics
+from ..kubeclient import ApiError as ApiException
+from ..kubeclient import Config as Configuration
 from ..api.models import APP_LABEL, GROUP, VERSION
 from .cache import RELIST_SECONDS, FleetCache
 from .kube import APP_PLURAL, HOST_PLURAL, KubeApi, connection_info

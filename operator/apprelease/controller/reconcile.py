@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .. import metrics
+from ..kubeclient import ApiError
 from ..api import identity, resolve
 from ..api.claims import Claims
 from ..api.manifests import explain
@@ -191,7 +191,7 @@ def _apply(api: KubeApi, obj: Mapping[str, Any], step: plan.Step, desired: Mappi
         manifest = host_release_manifest(name, namespace, meta["uid"], node, host_name, desired[node])
         try:
             api.create_host_release(manifest)
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 409:
                 raise
             # A HostRelease of that name exists without our labels (not listed as ours): leave
