@@ -91,9 +91,11 @@ def simulate_agents(kubeconfig: str, delay: float, log_path: str) -> int:
         with lock:
             log.write(json.dumps({"t": time.time(), "kind": kind, "name": name, "generation": generation}) + "\n")
 
-    def answer(obj: dict) -> None:
+    def answer(obj: dict, due: float) -> None:
         meta, spec = obj["metadata"], obj.get("spec") or {}
-        time.sleep(delay)
+        # The delay counts from the spec's arrival, not from a free worker: a burst of
+        # thousands of specs must not queue one delay after another.
+        time.sleep(max(0.0, due - time.monotonic()))
         status = {"phase": "Ready", "observedGeneration": meta["generation"], "servingRevision": spec.get("revision"),
                   "servingBuildId": spec.get("buildId"), "servingVersion": spec.get("version"),
                   "message": "simulated agent"}
@@ -117,7 +119,7 @@ def simulate_agents(kubeconfig: str, delay: float, log_path: str) -> int:
             return
         answered[key] = meta["generation"]
         record("spec", meta["name"], meta["generation"])
-        timers.submit(answer, obj)
+        timers.submit(answer, obj, time.monotonic() + delay)
 
     version = "0"
     while not stop.is_set():
