@@ -205,6 +205,10 @@ def main() -> int:
         cp.kubectl("create", "namespace", NAMESPACE + "-op", check=False)
 
         root = tmp / "host"
+        # The agent starts the host's circusd and nginx and leaves them running when it exits
+        # (as on a real host): stopped here, before the temp dir goes.
+        stack.callback(lambda: subprocess.run(
+            [sys.executable, "-m", "apprelease.cli", "agent", "stop", "--root", str(root)], capture_output=True))
         results: dict[str, dict[str, dict[str, float]]] = {}
         for code in (before, after):
             results[code.label] = {
@@ -214,8 +218,6 @@ def main() -> int:
         if args.apps:
             index = start_webxample_index(tmp / "pypi")
             stack.callback(index.stop)
-            stack.callback(lambda: subprocess.run(
-                [sys.executable, "-m", "apprelease.cli", "agent", "stop", "--root", str(root)], capture_output=True))
             create_apps(cp, index.url, args.apps)
             built = time.monotonic()
             measure_agent(after, cp, root, args.apps, tmp / "agent.log")  # the set-up agent builds and starts them
