@@ -79,7 +79,7 @@ kind-demo:
 	kubectl --context kind-apprelease get nodes -L apprelease.dev/host
 	kubectl --context kind-apprelease get appreleases,hostreleases -A
 
-bench: deps venv
+bench: deps venv controlplane
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:

@@ -28,10 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from apprelease.agent import cluster, phases, sync
-from apprelease.agent.kube import FINALIZER, Listed
+from apprelease.agent.kube import FINALIZER, ApiError, Listed
 from apprelease.agent.workqueue import WorkQueue
 from apprelease.api.models import HostReleaseStatus
 from apprelease.host import core, plan
@@ -261,7 +260,7 @@ def test_deletion_without_our_finalizer_is_left_alone():
 
 def test_transient_errors_are_retried_with_backoff():
     agent, api = agent_with(full_hr(user="root"))
-    api.fail_next = [ApiException(status=409, reason="Conflict")]
+    api.fail_next = [ApiError(409, "Conflict")]
     agent._process("ns/web-node-a")
     assert api.calls == [] and len(agent.queue) == 1
     assert agent.queue.get(1) == "ns/web-node-a"  # after the backoff delay

@@ -22,7 +22,6 @@ import shutil
 import signal
 import sys
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml

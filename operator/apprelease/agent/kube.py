@@ -5,18 +5,17 @@ as the plain JSON dicts the apiserver sends (the cluster loop validates them int
 `api.models.HostRelease` once, at its edge); writes are JSON merge patches, to the status
 subresource for status and to metadata for the finalizer, never to spec.
 
-The watch is read line by line from the raw response rather than through
-`kubernetes.watch.Watch`, so that a `410 Gone` reaches the caller as `Gone` (re-list)
-instead of being retried inside the library, and every other failure surfaces as an
-exception the caller backs off on.
+Transport is `apprelease.kubeclient`, not the `kubernetes` package: importing that package
+imports its ~800 generated models (~50 MB and ~1 s on every host; bench/footprint.py), and the
+agent needs six calls on plain JSON. The watch reaches the caller event by event, so that a
+`410 Gone` arrives as `Gone` (re-list) and every other failure surfaces as an exception the
+caller backs off on.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,12 +23,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.watch.watch import iter_resp_lines
 
 from ..api.models import GROUP, NODE_LABEL, VERSION
+from ..kubeclient import ApiError, Client, Config, decode_secret_data, describe, load_config
+from ..kubeclient import path_segment as _seg
 
 log = logging.getLogger(__name__)
 
@@ -66,42 +63,22 @@ def object_key(obj: Obj) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying unchanged: no connection, timeouts, throttling, server errors, conflicts."""
-    if isinstance(exc, ApiException):
+    if isinstance(exc, ApiError):
         return exc.status in (0, 409, 429) or exc.status >= 500
     return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
 
 
 def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, ApiException) and exc.status == 404
+    return isinstance(exc, ApiError) and exc.status == 404
 
 
-def describe(exc: BaseException) -> str:
-    """One line about an API failure (ApiException's str() spans headers and body)."""
-    if isinstance(exc, ApiException):
-        reason = exc.reason or ""
-        try:
-            reason = json.loads(exc.body or "{}").get("message", reason)
-        except (json.JSONDecodeError, AttributeError):
-            pass  # a non-JSON body (a proxy's error page): the HTTP reason is all there is
-        return f"HTTP {exc.status}: {reason}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def load_configuration(kubeconfig: str | None) -> client.Configuration:
+def load_configuration(kubeconfig: str | None) -> Config:
     """--kubeconfig, else $KUBECONFIG, else the pod's service account, else ~/.kube/config."""
-    configuration = client.Configuration()
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path:
-        config.load_kube_config(config_file=path, client_configuration=configuration, persist_config=False)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except ConfigException:
-            config.load_kube_config(client_configuration=configuration, persist_config=False)
-    # No retries inside urllib3: the agent backs off itself (and logs once per attempt,
-    # not three warnings per refused connection during an apiserver outage).
-    configuration.retries = False
-    return configuration
+    return load_config(kubeconfig)
+
+
+__all__ = ["ApiError", "Gone", "HostReleaseAPI", "Listed", "SecretUnusable", "describe", "is_not_found",
+           "is_transient", "load_configuration", "node_selector", "object_key"]
 
 
 @dataclass
@@ -113,18 +90,20 @@ class Listed:
 class HostReleaseAPI:
     """The calls the agent makes. One instance per thread: each has its own connection pool."""
 
-    def __init__(self, configuration: client.Configuration):
-        api_client = client.ApiClient(configuration)
-        self.custom = client.CustomObjectsApi(api_client)
-        self.core = client.CoreV1Api(api_client)
+    def __init__(self, configuration: Config):
+        self.client = Client(configuration)
+
+    @staticmethod
+    def _collection(namespace: str | None = None) -> str:
+        if namespace is None:
+            return f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{_seg(namespace)}/{PLURAL}"
 
     # -- HostReleases ------------------------------------------------------------------
 
     def list(self, label_selector: str) -> Listed:
-        body = self.custom.list_cluster_custom_object(
-            GROUP, VERSION, PLURAL, label_selector=label_selector,
-            _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
-        )
+        body = self.client.request("GET", self._collection(), query={"labelSelector": label_selector},
+                                   timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
         for item in body["items"]:  # a list's items carry no kind/apiVersion
             item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
             item.setdefault("kind", KIND)
@@ -134,60 +113,45 @@ class HostReleaseAPI:
         """(type, object) events after `resource_version` until the server ends the watch.
 
         BOOKMARK events carry only a newer resourceVersion. Raises `Gone` when the version
-        is too old, ApiException for other server errors, urllib3/OS errors on lost connections.
+        is too old, ApiError for other server errors, urllib3/OS errors on lost connections.
         """
+        query = {"labelSelector": label_selector, "resourceVersion": resource_version,
+                 "allowWatchBookmarks": True, "timeoutSeconds": timeout_seconds}
         try:
-            resp = self.custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, label_selector=label_selector, watch=True,
-                resource_version=resource_version, allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
-                _preload_content=False, _request_timeout=(CONNECT_TIMEOUT, timeout_seconds + READ_TIMEOUT),
-            )
-        except ApiException as exc:
-            if exc.status == 410:  # expired before the stream began (else it comes as an ERROR event)
+            yield from self.client.watch(self._collection(), query=query,
+                                         timeout=(CONNECT_TIMEOUT, timeout_seconds + READ_TIMEOUT))
+        except ApiError as exc:
+            # expired before the stream began (an HTTP 410), or during it (an ERROR event)
+            if exc.status == 410:
                 raise Gone(describe(exc)) from None
             raise
-        try:
-            for line in iter_resp_lines(resp):
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = event["type"], event["object"]
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone(obj.get("message", "resourceVersion too old"))
-                    raise ApiException(status=obj.get("code", 0), reason=f"{obj.get('reason')}: {obj.get('message')}")
-                yield kind, obj
-        finally:
-            resp.close()
-            resp.release_conn()
 
     def patch_metadata(self, namespace: str, name: str, metadata: Obj) -> Obj:
         """A merge patch on metadata; include resourceVersion to make it conditional (409 if stale)."""
-        return self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"metadata": metadata},
-            _content_type="application/merge-patch+json", _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
-        )
+        return self.client.request("PATCH", f"{self._collection(namespace)}/{_seg(name)}", body={"metadata": metadata},
+                                   content_type="application/merge-patch+json", timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
 
     def patch_status(self, namespace: str, name: str, status: Obj) -> Obj:
         """A merge patch on the status subresource (spec is never written by the agent)."""
-        return self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
-            _content_type="application/merge-patch+json", _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
-        )
+        return self.client.request("PATCH", f"{self._collection(namespace)}/{_seg(name)}/status",
+                                   body={"status": status}, content_type="application/merge-patch+json",
+                                   timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
 
     # -- Secrets -----------------------------------------------------------------------
 
     def read_tls_secret(self, namespace: str, name: str) -> tuple[str, str]:
         """(certificate PEM, key PEM) of a kubernetes.io/tls Secret; KeyError if it does not exist."""
         try:
-            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
-        except ApiException as exc:
+            secret = self.client.request("GET", f"/api/v1/namespaces/{_seg(namespace)}/secrets/{_seg(name)}",
+                                         timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        except ApiError as exc:
             if exc.status == 404:
                 raise KeyError(f"{namespace}/{name}") from None
             raise
-        if secret.type != TLS_SECRET_TYPE:
-            raise SecretUnusable(f"Secret {namespace}/{name} is of type {secret.type!r}, not {TLS_SECRET_TYPE}")
-        data = secret.data or {}
+        secret_type = secret.get("type")
+        if secret_type != TLS_SECRET_TYPE:
+            raise SecretUnusable(f"Secret {namespace}/{name} is of type {secret_type!r}, not {TLS_SECRET_TYPE}")
+        data = secret.get("data") or {}
         missing = [k for k in ("tls.crt", "tls.key") if not data.get(k)]
         if missing:
             raise SecretUnusable(f"Secret {namespace}/{name} has no {' or '.join(missing)}")
@@ -198,52 +162,52 @@ class HostReleaseAPI:
 
         Allowed only for the objects the operator's Role `apprelease-agent-reads` names (get by
         name, never list). The values go to the host's data plane and nowhere else: never logged."""
-        timeout = (CONNECT_TIMEOUT, READ_TIMEOUT)
+        collection = "secrets" if kind == "Secret" else "configmaps"
         try:
-            if kind == "Secret":
-                secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=timeout)
-                return {k: base64.b64decode(v).decode("utf-8", "surrogateescape") for k, v in (secret.data or {}).items()}
-            cm = self.core.read_namespaced_config_map(name, namespace, _request_timeout=timeout)
-            return dict(cm.data or {})
-        except ApiException as exc:
+            obj = self.client.request("GET", f"/api/v1/namespaces/{_seg(namespace)}/{collection}/{_seg(name)}",
+                                      timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
+        if kind == "Secret":
+            return decode_secret_data(obj.get("data"))
+        return dict(obj.get("data") or {})
 
     # -- reviews (the log endpoint, agent/logserver.py) --------------------------------
 
     def review(self, body: Obj) -> Obj:
         """Create a TokenReview or SubjectAccessReview; the answer as JSON (camelCase)."""
-        api_client = self.core.api_client
         if body["kind"] == "TokenReview":
-            answer = client.AuthenticationV1Api(api_client).create_token_review(
-                body, _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            path = "/apis/authentication.k8s.io/v1/tokenreviews"
         elif body["kind"] == "SubjectAccessReview":
-            answer = client.AuthorizationV1Api(api_client).create_subject_access_review(
-                body, _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
         else:
             raise ValueError(f"not a review: {body['kind']}")
-        return api_client.sanitize_for_serialization(answer)
+        return self.client.request("POST", path, body=body, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
 
     # -- Events ------------------------------------------------------------------------
 
     def create_event(self, obj: Obj, *, event_type: str, reason: str, message: str, node: str) -> None:
         meta = obj["metadata"]
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:16]}", namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"], namespace=meta["namespace"],
-                uid=meta.get("uid"), resource_version=meta.get("resourceVersion"),
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=event_type,
-            source=client.V1EventSource(component=COMPONENT, host=node),
-            reporting_component=COMPONENT,
-            reporting_instance=node,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
-        self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        reference = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+                     "namespace": meta["namespace"], "uid": meta.get("uid"),
+                     "resourceVersion": meta.get("resourceVersion")}
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {k: v for k, v in reference.items() if v is not None},
+            "reason": reason,
+            "message": message[:1024],
+            "type": event_type,
+            "source": {"component": COMPONENT, "host": node},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.client.request("POST", f"/api/v1/namespaces/{_seg(meta['namespace'])}/events", body=event,
+                            timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))

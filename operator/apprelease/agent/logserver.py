@@ -40,11 +40,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from ..api.models import LogEndpoint
 from ..host import core
 from ..host.layout import AppPaths, HostLayout, app_key
@@ -73,6 +68,13 @@ def ensure_certificate(directory: Path, node: str, host: str) -> tuple[Path, Pat
     if not (cert_path.exists() and key_path.exists()):
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
+        # Imported here: cryptography costs ~9 MB of every agent's RSS, and only the first
+        # start of a host makes the certificate (bench/footprint.py).
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"apprelease-agent {node}")])
         try:

@@ -16,9 +16,13 @@ How a change reaches an AppRelease's reconcile (the triggers):
   one that changed or is deleted also wakes the loops held by a host conflict;
 - the periodic resync makes it level-triggered; it is also what notices a rotated Secret value
   (a new revision) or a Secret that appears (ending SecretNotFound): the operator may `get`
-  Secrets by name but not list or watch them (manifests/operator-rbac.yaml): a missed event costs at most one period.
-The loop reads everything from the API on each pass (no informer cache, no in-memory
-rollout state), so a restarted operator resumes exactly where the API says the rollout is.
+  Secrets by name but not list or watch them (manifests/operator-rbac.yaml): a missed event
+  costs at most one period.
+Each pass reads the AppRelease and its HostReleases from the API (no in-memory rollout state),
+so a restarted operator resumes exactly where the API says the rollout is. Nodes and the other
+AppReleases' claims come from a shared cache (controller/cache.py: filled by a list at start-up,
+before Kopf watches, then by the same watch events that wake loops, and re-listed every few
+minutes); moves and deletions of hosts are still decided on Nodes listed fresh.
 
 Deletion: Kopf's finalizer (named `apprelease.dev/operator-cleanup`) holds the AppRelease; the
 delete handler deletes its HostReleases and retries with a delay (TemporaryError) until the
@@ -36,11 +40,12 @@ from typing import Any
 
 import kopf
 import urllib3
-from kubernetes.client import Configuration
-from kubernetes.client.exceptions import ApiException
 
 from .. import metrics
+from ..kubeclient import ApiError as ApiException
+from ..kubeclient import Config as Configuration
 from ..api.models import APP_LABEL, GROUP, VERSION
+from .cache import RELIST_SECONDS, FleetCache
 from .kube import APP_PLURAL, HOST_PLURAL, KubeApi, connection_info
 from .reconcile import SecretsConfig, finalize_app_release, reconcile_app_release, utcnow
 from .status import Event
@@ -55,12 +60,12 @@ FINALIZE_RETRY_SECONDS = 2.0
 
 @dataclass
 class OperatorContext:
-    """What the handlers share: the API client, the wake-ups, and known Node labels."""
+    """What the handlers share: the API client, the wake-ups, and the cache of Nodes and AppReleases."""
 
     config: Configuration
     api: KubeApi
     wakeups: Wakeups = field(default_factory=Wakeups)
-    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    cache: FleetCache = field(default_factory=FleetCache)
     held: set[tuple[str, str]] = field(default_factory=set)  # rollouts held by a conflict with an older AppRelease
     resync_seconds: float = RESYNC_SECONDS
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
@@ -116,18 +121,15 @@ def handle_event_host_release(ctx: OperatorContext, body: Mapping[str, Any], nam
 
 
 def handle_event_node(ctx: OperatorContext, event_type: str | None, name: str, labels: Mapping[str, str]) -> None:
-    if event_type == "DELETED":
-        ctx.node_labels.pop(name, None)
-        ctx.wakeups.wake_all()
-        return
-    if ctx.node_labels.get(name) != dict(labels):
-        ctx.node_labels[name] = dict(labels)
+    # Kopf's first listing repeats what the start-up list loaded: no change, no wake-up storm.
+    if ctx.cache.node_event(event_type, name, labels):
         ctx.wakeups.wake_all()
 
 
 def handle_event_app_release(ctx: OperatorContext, body: Mapping[str, Any], namespace: str, name: str,
                              event_type: str | None = None) -> None:
     meta = body.get("metadata") or {}
+    ctx.cache.app_event(event_type, body)  # before any wake-up: a woken loop reads the new claims
     generation = meta.get("generation")
     observed = (body.get("status") or {}).get("observedGeneration")
     if generation != observed:  # our own status writes do not wake the loop again
@@ -151,7 +153,8 @@ async def handle_daemon_app_release(
                 # The kubernetes client is synchronous: run the whole pass off the event loop.
                 with metrics.OPERATOR_RECONCILE_SECONDS.time():
                     outcome = await asyncio.to_thread(
-                        reconcile_app_release, ctx.api, namespace, name, utcnow(), kopf_event_sink, ctx.secrets
+                        reconcile_app_release, ctx.api, namespace, name, utcnow(), kopf_event_sink, ctx.secrets,
+                        ctx.cache,
                     )
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
                 metrics.operator_reconcile_failed(exc)
@@ -196,6 +199,23 @@ def handle_delete_app_release(ctx: OperatorContext, namespace: str, name: str, l
     logger.info("all HostReleases are gone")
 
 
+def load_cache(ctx: OperatorContext, logger: logging.Logger) -> None:
+    """A full list of Nodes and AppReleases into the cache (start-up and every re-list). On
+    failure the cache keeps what it had (or stays unsynced: passes then read the API)."""
+    try:
+        ctx.cache.replace(ctx.api.node_labels(), ctx.api.list_all_app_releases())
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        logger.warning(f"cannot list Nodes and AppReleases for the cache ({_brief(exc)}); retrying later")
+
+
+async def relist_cache(ctx: OperatorContext, logger: logging.Logger, every: float = RELIST_SECONDS) -> None:
+    """Re-list now and then: bounds how long an object deleted while a watch was down (Kopf
+    re-lists on reconnect but reports no DELETED) stays in the cache. Sooner while unsynced."""
+    while True:
+        await asyncio.sleep(every if ctx.cache.synced else 5.0)
+        await asyncio.to_thread(load_cache, ctx, logger)
+
+
 def _brief(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
@@ -209,10 +229,20 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     """A Kopf registry with the operator's handlers bound to `ctx` (no global registration)."""
     registry = kopf.OperatorRegistry()
 
+    relisting: list[asyncio.Task[None]] = []
+
     @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
         configure_settings(settings)
+        # Kopf runs start-up handlers before it watches: the cache is full before any loop runs.
+        await asyncio.to_thread(load_cache, ctx, logger)
+        relisting.append(asyncio.create_task(relist_cache(ctx, logger)))
         metrics.operator_started()  # /readyz of --metrics-port
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in relisting:
+            task.cancel()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

@@ -1,26 +1,26 @@
 """The operator's Kubernetes API calls, and the conversions between API objects and plan inputs.
 
 Called by `controller.reconcile` (which runs in a worker thread, off Kopf's event loop) and by
-the CLI (`connect`). Uses the synchronous `kubernetes` client; every call is a plain request
-with no caching, so each reconcile reads what the apiserver holds right now (a stale cache
-could let a rollout exceed maxUnavailable). Builders (`host_release_manifest`, `host_view`)
+the CLI (`connect`). Uses `apprelease.kubeclient` (synchronous, thread-safe pool), not the
+`kubernetes` package: `from kubernetes.client import ...` alone costs ~94 MB of RSS
+(bench/footprint.py). Every call here is a plain request; the operator's cache of Nodes and
+claims lives in `controller.cache`. Builders (`host_release_manifest`, `host_view`)
 return values and are tested as such; `KubeApi` methods each do one request.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
-import kubernetes
-import base64
 import secrets as random_secrets
 
-from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from ..kubeclient import ApiError, Client, Config, decode_secret_data, load_config
+from ..kubeclient import path_segment as _seg
 from ..api.models import (
     API_VERSION,
     APP_LABEL,
@@ -42,34 +42,34 @@ REQUEST_TIMEOUT = 30.0  # seconds; a reconcile must not hang on a dead apiserver
 # ----- connecting
 
 
-def client_configuration(kubeconfig: str | None) -> Configuration:
+def client_configuration(kubeconfig: str | None) -> Config:
     """A client configuration from `kubeconfig`, else in-cluster, else the default kubeconfig."""
-    config = Configuration()
-    if kubeconfig:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=config)
-        return config
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=config)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)
-    return config
+    return load_config(kubeconfig)
 
 
-def connection_info(config: Configuration) -> kopf.ConnectionInfo:
-    """The same credentials for Kopf's own client (its login handler returns this)."""
-    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
-    parts = header.split(" ", 1) if header else []
-    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+def connection_info(config: Config) -> kopf.ConnectionInfo:
+    """The same credentials for Kopf's own client (its login handler returns this; Kopf calls
+    it again on a 401, which re-reads a token file or re-runs an exec plugin)."""
+    header = config.authorization()
+    scheme, token = header.split(" ", 1) if header and header.startswith("Bearer ") else (None, None)
+    username, password = (config.basic_auth.split(":", 1) if config.basic_auth else (None, None))
+
+    def b64(data: bytes | None) -> str | None:
+        return base64.b64encode(data).decode() if data else None
+
     return kopf.ConnectionInfo(
-        server=config.host,
-        ca_path=config.ssl_ca_cert,
-        insecure=not config.verify_ssl,
-        username=config.username or None,
-        password=config.password or None,
+        server=config.server,
+        ca_path=config.ca_file,
+        ca_data=b64(config.ca_data),
+        insecure=config.insecure or None,
+        username=username,
+        password=password,
         scheme=scheme,
         token=token,
         certificate_path=config.cert_file,
+        certificate_data=b64(config.cert_data),
         private_key_path=config.key_file,
+        private_key_data=b64(config.key_data),
     )
 
 
@@ -162,53 +162,52 @@ def status_patch(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[
 class KubeApi:
     """One method per request the operator makes."""
 
-    def __init__(self, client: ApiClient) -> None:
-        self.custom = CustomObjectsApi(client)
-        self.core = CoreV1Api(client)
-        self.rbac = RbacAuthorizationV1Api(client)
+    def __init__(self, client: Client, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.client = client
+        self.timeout = timeout
 
     @classmethod
-    def from_configuration(cls, config: Configuration) -> KubeApi:
-        return cls(ApiClient(config))
+    def from_configuration(cls, config: Config, timeout: float = REQUEST_TIMEOUT) -> KubeApi:
+        return cls(Client(config, pool_size=8), timeout)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self.client.request(method, path, timeout=(self.timeout, self.timeout), **kwargs)
+
+    @staticmethod
+    def _custom(plural: str, namespace: str | None = None, name: str | None = None) -> str:
+        path = f"/apis/{GROUP}/{VERSION}"
+        if namespace is not None:
+            path += f"/namespaces/{_seg(namespace)}"
+        path += f"/{plural}"
+        return path + (f"/{_seg(name)}" if name is not None else "")
 
     def get_app_release(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, APP_PLURAL, name, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._get_or_none(self._custom(APP_PLURAL, namespace, name))
 
     def list_host_releases(self, namespace: str, app: str) -> list[dict[str, Any]]:
-        listed = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, HOST_PLURAL, label_selector=f"{APP_LABEL}={app}",
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        listed = self._request("GET", self._custom(HOST_PLURAL, namespace), query={"labelSelector": f"{APP_LABEL}={app}"})
         return list(listed.get("items") or [])
 
     def list_all_app_releases(self) -> list[dict[str, Any]]:
         """Every AppRelease in the cluster (host conflicts do not stop at namespaces)."""
-        listed = self.custom.list_cluster_custom_object(GROUP, VERSION, APP_PLURAL, _request_timeout=REQUEST_TIMEOUT)
-        return list(listed.get("items") or [])
+        return list(self._request("GET", self._custom(APP_PLURAL)).get("items") or [])
 
     def node_labels(self) -> dict[str, dict[str, str]]:
         """Every Node's labels, by name."""
-        nodes = self.core.list_node(_request_timeout=REQUEST_TIMEOUT)
-        return {n.metadata.name: dict(n.metadata.labels or {}) for n in nodes.items}
+        nodes = self._request("GET", "/api/v1/nodes").get("items") or []
+        return {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in nodes}
 
     def list_node_names(self, selector: Mapping[str, str]) -> list[str]:
-        nodes = self.core.list_node(label_selector=label_selector(selector) or None, _request_timeout=REQUEST_TIMEOUT)
-        return sorted(n.metadata.name for n in nodes.items)
+        nodes = self._request("GET", "/api/v1/nodes", query={"labelSelector": label_selector(selector) or None})
+        return sorted(n["metadata"]["name"] for n in nodes.get("items") or [])
 
     def existing_nodes(self, names: Sequence[str]) -> frozenset[str]:
         """Which of `names` are Nodes that exist (one GET each: only used for HostReleases being deleted)."""
         live = set()
         for name in names:
             try:
-                self.core.read_node(name, _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as exc:
+                self._request("GET", f"/api/v1/nodes/{_seg(name)}")
+            except ApiError as exc:
                 if exc.status == 404:
                     continue
                 raise
@@ -217,25 +216,20 @@ class KubeApi:
 
     def create_host_release(self, manifest: Mapping[str, Any]) -> None:
         meta = manifest["metadata"]
-        self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], HOST_PLURAL, dict(manifest),
-            field_manager=FIELD_MANAGER, _request_timeout=REQUEST_TIMEOUT,
-        )
+        self._request("POST", self._custom(HOST_PLURAL, meta["namespace"]), body=dict(manifest),
+                      query={"fieldManager": FIELD_MANAGER})
 
     def replace_host_release_spec(self, namespace: str, name: str, spec: WireSpec) -> None:
         # A JSON patch replacing /spec as a whole: a merge patch would keep fields the new spec
         # dropped (e.g. a removed source.wheel).
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, HOST_PLURAL, name, [{"op": "replace", "path": "/spec", "value": dict(spec)}],
-            field_manager=FIELD_MANAGER, _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT,
-        )
+        self._request("PATCH", self._custom(HOST_PLURAL, namespace, name),
+                      body=[{"op": "replace", "path": "/spec", "value": dict(spec)}],
+                      content_type=JSON_PATCH, query={"fieldManager": FIELD_MANAGER})
 
     def delete_host_release(self, namespace: str, name: str) -> None:
         try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, HOST_PLURAL, name, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as exc:
+            self._request("DELETE", self._custom(HOST_PLURAL, namespace, name))
+        except ApiError as exc:
             if exc.status != 404:  # already gone is what we wanted
                 raise
 
@@ -248,46 +242,51 @@ class KubeApi:
             {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
         ]
         try:
-            self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, HOST_PLURAL, name, ops,
-                field_manager=FIELD_MANAGER, _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT,
-            )
-        except ApiException as exc:
+            self._request("PATCH", self._custom(HOST_PLURAL, namespace, name), body=ops, content_type=JSON_PATCH,
+                          query={"fieldManager": FIELD_MANAGER})
+        except ApiError as exc:
             if exc.status != 404:
                 raise
 
     def patch_app_release_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, APP_PLURAL, name, dict(patch),
-            field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT,
-        )
+        self._request("PATCH", self._custom(APP_PLURAL, namespace, name) + "/status", body=dict(patch),
+                      content_type=MERGE_PATCH, query={"fieldManager": FIELD_MANAGER})
+
+    # -- Leases (controller/leader.py) --------------------------------------------------
+
+    def read_lease(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{_seg(namespace)}/leases/{_seg(name)}")
+
+    def create_lease(self, namespace: str, body: Mapping[str, Any]) -> None:
+        self._request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{_seg(namespace)}/leases",
+                      body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", **body})
+
+    def replace_lease(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        self._request("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{_seg(namespace)}/leases/{_seg(name)}",
+                      body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", **body})
 
     def list_app_releases(self, namespace: str) -> list[dict[str, Any]]:
-        listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, APP_PLURAL,
-                                                          _request_timeout=REQUEST_TIMEOUT)
-        return list(listed.get("items") or [])
+        return list(self._request("GET", self._custom(APP_PLURAL, namespace)).get("items") or [])
 
     # -- Secrets and ConfigMaps the AppReleases reference (values never logged or returned upward
     # beyond api.envrefs, which digests them)
 
+    def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's data decoded to text; None when it does not exist."""
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return decode_secret_data(secret.data)
+        secret = self._get_or_none(f"/api/v1/namespaces/{_seg(namespace)}/secrets/{_seg(name)}")
+        return None if secret is None else decode_secret_data(secret.get("data"))
 
     def read_config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            cm = self.core.read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(cm.data or {})
+        cm = self._get_or_none(f"/api/v1/namespaces/{_seg(namespace)}/configmaps/{_seg(name)}")
+        return None if cm is None else dict(cm.get("data") or {})
 
     def values_key(self, namespace: str, name: str) -> bytes:
         """The per-cluster key of the values digest (api/envrefs.py): Secret `namespace/name`,
@@ -298,9 +297,9 @@ class KubeApi:
                     "metadata": {"name": name, "namespace": namespace},
                     "data": {"key": base64.b64encode(random_secrets.token_bytes(32)).decode()}}
             try:
-                self.core.create_namespaced_secret(namespace, body, field_manager=FIELD_MANAGER,
-                                                   _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as exc:
+                self._request("POST", f"/api/v1/namespaces/{_seg(namespace)}/secrets", body=body,
+                              query={"fieldManager": FIELD_MANAGER})
+            except ApiError as exc:
                 if exc.status != 409:  # another replica made it first: read theirs
                     raise
             data = self.read_secret_data(namespace, name)
@@ -310,42 +309,39 @@ class KubeApi:
 
     # -- the agents' Role per namespace (controller/grants.py)
 
+    @staticmethod
+    def _rbac(kind: str, namespace: str, name: str | None = None) -> str:
+        path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{_seg(namespace)}/{kind}"
+        return path + (f"/{_seg(name)}" if name is not None else "")
+
     def read_role_rules(self, namespace: str, name: str) -> list[dict[str, Any]] | None:
-        try:
-            role = self.rbac.read_namespaced_role(name, namespace, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return [ApiClient().sanitize_for_serialization(r) for r in (role.rules or [])]
+        role = self._get_or_none(self._rbac("roles", namespace, name))
+        return None if role is None else list(role.get("rules") or [])
 
     def apply_role(self, manifest: Mapping[str, Any], exists: bool) -> None:
         meta = manifest["metadata"]
         if exists:
-            self.rbac.replace_namespaced_role(meta["name"], meta["namespace"], dict(manifest),
-                                              field_manager=FIELD_MANAGER, _request_timeout=REQUEST_TIMEOUT)
+            self._request("PUT", self._rbac("roles", meta["namespace"], meta["name"]), body=dict(manifest),
+                          query={"fieldManager": FIELD_MANAGER})
         else:
-            self.rbac.create_namespaced_role(meta["namespace"], dict(manifest), field_manager=FIELD_MANAGER,
-                                             _request_timeout=REQUEST_TIMEOUT)
+            self._request("POST", self._rbac("roles", meta["namespace"]), body=dict(manifest),
+                          query={"fieldManager": FIELD_MANAGER})
 
     def ensure_role_binding(self, manifest: Mapping[str, Any]) -> None:
         meta = manifest["metadata"]
         try:
-            self.rbac.create_namespaced_role_binding(meta["namespace"], dict(manifest), field_manager=FIELD_MANAGER,
-                                                     _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
+            self._request("POST", self._rbac("rolebindings", meta["namespace"]), body=dict(manifest),
+                          query={"fieldManager": FIELD_MANAGER})
+        except ApiError as exc:
             if exc.status != 409:
                 raise
 
     def delete_role_and_binding(self, namespace: str, name: str) -> None:
-        for delete in (self.rbac.delete_namespaced_role_binding, self.rbac.delete_namespaced_role):
+        for kind in ("rolebindings", "roles"):
             try:
-                delete(name, namespace, _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as exc:
+                self._request("DELETE", self._rbac(kind, namespace, name))
+            except ApiError as exc:
                 if exc.status != 404:
                     raise
 
 
-def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
-    """A Secret's `data` (base64 on the wire) as text; bytes that are not UTF-8 survive as surrogates."""
-    return {k: base64.b64decode(v).decode("utf-8", "surrogateescape") for k, v in (data or {}).items()}

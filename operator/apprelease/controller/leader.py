@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes.client import CoordinationV1Api
-from kubernetes.client.exceptions import ApiException
+from ..kubeclient import ApiError as ApiException
+from .kube import KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def micro_time(moment: datetime) -> str:
 class LeaderElector:
     """One candidate for the Lease. Not thread-safe: one thread at a time calls it."""
 
-    def __init__(self, api: CoordinationV1Api, config: LeaseConfig,
+    def __init__(self, api: KubeApi, config: LeaseConfig,  # KubeApi with timeout REQUEST_TIMEOUT
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.config = config
@@ -127,15 +127,15 @@ class LeaderElector:
         """One attempt: True if we hold the Lease afterwards. API failures count as False (logged)."""
         cfg = self.config
         try:
-            lease = self.api.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=REQUEST_TIMEOUT)
+            lease = self.api.read_lease(cfg.namespace, cfg.name)
         except ApiException as exc:
             if exc.status != 404:
                 return self._failed("read", exc)
             lease = None
         observed = None if lease is None else Observed(
-            holder=lease.spec.holder_identity or "",
-            renew_time=str(lease.spec.renew_time),
-            transitions=int(lease.spec.lease_transitions or 0),
+            holder=(lease.get("spec") or {}).get("holderIdentity") or "",
+            renew_time=str((lease.get("spec") or {}).get("renewTime")),
+            transitions=int((lease.get("spec") or {}).get("leaseTransitions") or 0),
         )
         now = self.clock()
         if observed != self._observed:
@@ -157,12 +157,11 @@ class LeaderElector:
         }
         try:
             if lease is None:
-                self.api.create_namespaced_lease(
-                    cfg.namespace, {"metadata": {"name": cfg.name}, "spec": spec}, _request_timeout=REQUEST_TIMEOUT)
+                self.api.create_lease(cfg.namespace, {"metadata": {"name": cfg.name}, "spec": spec})
             else:
-                body = {"metadata": {"name": cfg.name, "resourceVersion": lease.metadata.resource_version},
+                body = {"metadata": {"name": cfg.name, "resourceVersion": lease["metadata"]["resourceVersion"]},
                         "spec": spec}
-                self.api.replace_namespaced_lease(cfg.name, cfg.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+                self.api.replace_lease(cfg.namespace, cfg.name, body)
         except ApiException as exc:
             self._acquire_time = None
             if exc.status == 409:  # another candidate wrote first: it is the leader now
@@ -216,16 +215,17 @@ class LeaderElector:
             return
         cfg = self.config
         try:
-            lease = self.api.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=REQUEST_TIMEOUT)
-            if lease.spec.holder_identity != cfg.identity:
+            lease = self.api.read_lease(cfg.namespace, cfg.name)
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") != cfg.identity:
                 return
             body = {
-                "metadata": {"name": cfg.name, "resourceVersion": lease.metadata.resource_version},
+                "metadata": {"name": cfg.name, "resourceVersion": lease["metadata"]["resourceVersion"]},
                 "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
                          "renewTime": micro_time(datetime.now(UTC)),
-                         "leaseTransitions": int(lease.spec.lease_transitions or 0)},
+                         "leaseTransitions": int(spec.get("leaseTransitions") or 0)},
             }
-            self.api.replace_namespaced_lease(cfg.name, cfg.namespace, body, _request_timeout=REQUEST_TIMEOUT)
+            self.api.replace_lease(cfg.namespace, cfg.name, body)
         except ApiException as exc:
             # Not fatal: the Lease then expires on its own after lease_duration.
             self._failed("release", exc)

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .. import metrics
+from ..kubeclient import ApiError
 from ..api import envrefs, identity, resolve
 from ..api.claims import Claims
 from ..api.manifests import explain
 from ..api.models import AppRelease, AppReleaseStatus
 from . import conflicts, grants, plan, status
+from .cache import FleetCache
 from .kube import KubeApi, host_release_manifest, host_view, status_patch
 from .status import Event
 
@@ -76,8 +77,12 @@ def previous_status(obj: Mapping[str, Any]) -> AppReleaseStatus | None:
 
 def reconcile_app_release(
     api: KubeApi, namespace: str, name: str, now: datetime, post: EventSink,
-    secrets: SecretsConfig = SecretsConfig(),
+    secrets: SecretsConfig = SecretsConfig(), cache: FleetCache | None = None,
 ) -> Outcome:
+    """One pass. With a synced `cache`, Nodes and other AppReleases' claims are read from it,
+    except that a step which would update or delete a host is recomputed on Nodes listed fresh
+    (controller/cache.py says why that keeps maxUnavailable and deletions exact)."""
+    cached = cache if cache is not None and cache.synced else None
     obj = api.get_app_release(namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         metrics.forget_app(namespace, name)
@@ -105,14 +110,23 @@ def reconcile_app_release(
         for event in status.invalid_spec_events(previous, new, reason):
             post(obj, event)
         return Outcome(status_written=_write_status(api, obj, previous, new))
-    nodes = api.list_node_names(spec.hosts.node_selector)
+    selector = spec.hosts.node_selector
+    nodes = cached.select_nodes(selector) if cached else api.list_node_names(selector)
     desired = {node: s.wire()
                for node, s in resolve.host_release_specs(namespace, name, nodes, spec, digest).items()}
     before = [host_view(o) for o in api.list_host_releases(namespace, name)]
     step = plan.next_step(desired, before, spec.strategy.max_unavailable, spec.paused)
+    if cached and (step.updates or step.deletes):
+        # Moving or removing a host takes availability away: decided on fresh Nodes only.
+        fresh = api.list_node_names(selector)
+        if fresh != nodes:
+            nodes = fresh
+            desired = {node: s.wire()
+                       for node, s in resolve.host_release_specs(namespace, name, nodes, spec, digest).items()}
+            step = plan.next_step(desired, before, spec.strategy.max_unavailable, spec.paused)
     conflict = None
     if step.creates or step.updates:
-        found = _cluster_conflicts(api, obj, app)
+        found = _cluster_conflicts(api, obj, app, cached, nodes)
         if found:
             # Held like a paused rollout: nothing created or updated (the hosts it already has
             # keep what they serve); HostReleases of deselected Nodes still go.
@@ -200,9 +214,14 @@ def update_agent_grants(api: KubeApi, namespace: str, secrets: SecretsConfig,
     api.ensure_role_binding(grants.role_binding_manifest(namespace, sa_namespace, sa_name))
 
 
-def _cluster_conflicts(api: KubeApi, obj: Mapping[str, Any], app: AppRelease) -> list[conflicts.ClusterConflict]:
-    """What older AppReleases claim of this one's claims on Nodes both select (two lists, no cache)."""
+def _cluster_conflicts(api: KubeApi, obj: Mapping[str, Any], app: AppRelease, cache: FleetCache | None,
+                       nodes: list[str]) -> list[conflicts.ClusterConflict]:
+    """What older AppReleases claim of this one's claims on Nodes both select: from the cache
+    (the apps sharing one of `nodes`), else two lists."""
     me = _contender(obj, app)
+    if cache is not None:
+        others, labels = cache.neighbours(nodes)
+        return conflicts.cluster_conflicts(me, others, labels)
     others = []
     for other in api.list_all_app_releases():
         if other["metadata"].get("deletionTimestamp"):
@@ -257,7 +276,7 @@ def _apply(api: KubeApi, obj: Mapping[str, Any], step: plan.Step, desired: Mappi
         manifest = host_release_manifest(name, namespace, meta["uid"], node, host_name, desired[node])
         try:
             api.create_host_release(manifest)
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 409:
                 raise
             # A HostRelease of that name exists without our labels (not listed as ours): leave

@@ -22,6 +22,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
 from ..api.models import APP_LABEL, GROUP, VERSION
+from ..kubeclient import describe  # noqa: F401 - re-exported: one wording of API failures, shared with the agent
 
 APP_PLURAL = "appreleases"
 HOST_PLURAL = "hostreleases"
@@ -34,18 +35,6 @@ Obj = dict[str, Any]
 
 class NotFound(LookupError):
     pass
-
-
-def describe(exc: BaseException) -> str:
-    """One line about an API failure."""
-    if isinstance(exc, ApiException):
-        message = exc.reason or ""
-        try:
-            message = json.loads(exc.body or "{}").get("message", message)
-        except (json.JSONDecodeError, AttributeError):
-            pass
-        return f"HTTP {exc.status}: {message}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
