@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -43,7 +42,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from _benchkit import control_plane_with_crds, export_tree, free_port, proc_stats, stop_process, wait  # noqa: E402
 from apprelease.kubeclient import ApiError, Client, load_config  # noqa: E402
 
 GROUP_LABEL = "fleet.bench.apprelease.dev/group"
@@ -150,13 +151,6 @@ def simulate_agents(kubeconfig: str, delay: float, log_path: str) -> int:
 # -- measuring -----------------------------------------------------------------------------
 
 
-def proc_stats(pid: int) -> dict[str, float]:
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return {"rss_mb": int(status["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
-            "cpu_s": (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")}
-
-
 def scrape(text: str, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Samples of one metric from Prometheus text: labels (sorted pairs) -> value."""
     samples = {}
@@ -233,47 +227,10 @@ def describe_requests(requests: Counter, passes: float) -> str:
     return f"{total:.0f} requests / {passes:.0f} passes = {per:.1f} per pass ({parts})"
 
 
-def export_tree(ref: str, into: Path) -> Path:
-    import tarfile  # noqa: PLC0415
-
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "operator"], capture_output=True, check=True).stdout
-    (into / "tree.tar").write_bytes(archive)
-    with tarfile.open(into / "tree.tar") as tar:
-        tar.extractall(into, filter="data")
-    return into / "operator"
-
-
-def free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 def read_events(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s: {what}")
-        time.sleep(interval)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -284,15 +241,7 @@ def run(args: argparse.Namespace) -> dict:
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="fleet-", dir="/tmp"))
         stack.callback(shutil.rmtree, tmp, True)
-        from controlplane import ControlPlane  # noqa: PLC0415
-
-        cp = ControlPlane(tmp / "cp", durable=False, die_with_parent=True)
-        cp.start()
-        stack.callback(cp.stop)
-        cp.kubectl("apply", "-f", str(REPO / "crds"))
-        for plural in ("appreleases", "hostreleases"):
-            cp.kubectl("wait", "--for=condition=Established", f"crd/{plural}.{GROUP}", "--timeout=60s")
-        wait(lambda: cp.kubectl("get", "hostreleases", "-A", check=False).returncode == 0, 60, "CRDs listable")
+        cp = control_plane_with_crds(stack, tmp / "cp")
         cp.kubectl("create", "namespace", NAMESPACE)
         client = Client(load_config(str(cp.kubeconfig_path)), pool_size=8)
 
@@ -314,7 +263,7 @@ def run(args: argparse.Namespace) -> dict:
                                 "--events", str(events_path)],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=(tmp / "agents.log").open("ab"), env={**env, "PYTHONPATH": ""})
-        stack.callback(_stop, sim)
+        stack.callback(stop_process, sim)
         metrics_port, live = free_port(), f"http://127.0.0.1:{free_port()}/healthz"
         meter = Meter(client, f"http://127.0.0.1:{metrics_port}/metrics")
         before_start = meter.snapshot()
@@ -325,7 +274,7 @@ def run(args: argparse.Namespace) -> dict:
              "--kubeconfig", str(cp.kubeconfig_path), "--all-namespaces", "--liveness", live,
              "--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"],
             stdin=subprocess.DEVNULL, stdout=op_log.open("ab"), stderr=subprocess.STDOUT, env=env)
-        stack.callback(_stop, operator)
+        stack.callback(stop_process, operator)
 
         def count(kind: str) -> int:
             return len({e["name"] for e in read_events(events_path) if e["kind"] == kind})
@@ -372,16 +321,6 @@ def run(args: argparse.Namespace) -> dict:
         results["batch_lag_max_s"] = max(lags) if lags else 0.0
         results["end"] = proc_stats(operator.pid)
     return results
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def print_results(r: dict, args: argparse.Namespace) -> None:

@@ -19,26 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(REPO / "bench"))
 
 import yaml  # noqa: E402
+from _benchkit import control_plane_with_crds, export_tree, free_port, http_ok, proc_stats, stop_process, wait  # noqa: E402
 from controlplane import ControlPlane  # noqa: E402
 from support.hosts import release_for  # noqa: E402
-from support.nginx import free_port  # noqa: E402
 from support.pypi import start_webxample_index  # noqa: E402
 
 # The last commit of main before issue 15 (a lean agent): the "before" of the table.
@@ -46,36 +43,6 @@ BEFORE_REF = "92c50ba"
 NAMESPACE = "footprint"
 NODE = "fp-host"
 SETTLE_SECONDS = 5.0
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def export_tree(ref: str, into: Path) -> Path:
-    """The `operator/` directory of git REF, for PYTHONPATH (it wins over the editable install)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "operator"], capture_output=True, check=True).stdout
-    tar_path = into / "tree.tar"
-    tar_path.write_bytes(archive)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(into, filter="data")
-    return into / "operator"
 
 
 class Code:
@@ -113,16 +80,6 @@ def start_agent(code: Code, cp: ControlPlane, root: Path, log: Path) -> tuple[su
     return proc, time.monotonic() - started, ready
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def all_ready(cp: ControlPlane, count: int, since: float | None = None) -> bool:
     if count == 0:
         return True
@@ -133,22 +90,14 @@ def all_ready(cp: ControlPlane, count: int, since: float | None = None) -> bool:
     return len(items) == count and len(ready) == count
 
 
-def wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out: {what}")
-        time.sleep(0.5)
-
-
 def measure_agent(code: Code, cp: ControlPlane, root: Path, apps: int, log: Path) -> dict[str, float]:
     proc, startup, _ = start_agent(code, cp, root, log)
     try:
         wait(lambda: all_ready(cp, apps), 900, f"{apps} apps Ready under the {code.label} agent")
         time.sleep(SETTLE_SECONDS)
-        return {"startup_s": startup, "rss_mb": rss_mb(proc.pid), "cpu_s": cpu_seconds(proc.pid)}
+        return {"startup_s": startup, **proc_stats(proc.pid)}
     finally:
-        stop(proc)
+        stop_process(proc, 120)
 
 
 def measure_operator(code: Code, cp: ControlPlane, log: Path) -> dict[str, float]:
@@ -166,9 +115,9 @@ def measure_operator(code: Code, cp: ControlPlane, log: Path) -> dict[str, float
             time.sleep(0.05)
         startup = time.monotonic() - started
         time.sleep(SETTLE_SECONDS)
-        return {"startup_s": startup, "rss_mb": rss_mb(proc.pid), "cpu_s": cpu_seconds(proc.pid)}
+        return {"startup_s": startup, **proc_stats(proc.pid)}
     finally:
-        stop(proc, 30)
+        stop_process(proc, 30)
 
 
 def create_apps(cp: ControlPlane, index_url: str, apps: int) -> None:
@@ -195,13 +144,7 @@ def main() -> int:
         stack.callback(shutil.rmtree, tmp, True)
         before = Code(f"before ({args.before})", export_tree(args.before, Path(tempfile.mkdtemp(dir=tmp))))
         after = Code("after (this checkout)", None)
-        cp = ControlPlane(tmp / "cp", durable=False, die_with_parent=True)
-        cp.start()
-        stack.callback(cp.stop)
-        cp.kubectl("apply", "-f", str(REPO / "crds"))
-        for plural in ("appreleases", "hostreleases"):
-            cp.kubectl("wait", "--for=condition=Established", f"crd/{plural}.apprelease.dev", "--timeout=60s")
-        wait(lambda: cp.kubectl("get", "hostreleases", "-A", check=False).returncode == 0, 60, "CRDs listable")
+        cp = control_plane_with_crds(stack, tmp / "cp")
         cp.kubectl("create", "namespace", NAMESPACE + "-op", check=False)
 
         root = tmp / "host"
