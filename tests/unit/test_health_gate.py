@@ -70,6 +70,13 @@ def test_failed_message(ended: ProcessExit | None, output: str, message: str) ->
         pytest.param("Traceback (most recent call last):\nRuntimeError: no DATABASE_URL\n", "RuntimeError: no DATABASE_URL",
                      id="app-output"),
         pytest.param("[2026-12-01 07:39:45 +0000] [1] [INFO] Starting gunicorn 23.0.0\n", "", id="progress-only"),
+        pytest.param(
+            "[2026-12-04 04:46:40 +0000] [124] [ERROR] connection to /r/x.sock failed: [Errno 13] Permission denied\n"
+            "[2026-12-04 04:46:41 +0000] [124] [ERROR] connection to /r/x.sock failed: [Errno 13] Permission denied\n"
+            "[2026-12-04 04:46:45 +0000] [124] [ERROR] Can't connect to /r/x.sock\n",
+            "[2026-12-04 04:46:45 +0000] [124] [ERROR] Can't connect to /r/x.sock "
+            "(connection to /r/x.sock failed: [Errno 13] Permission denied)", id="bind-failed-with-its-reason",
+        ),
     ],
 )
 def test_last_words_skip_gunicorn_progress_lines(output: str, words: str) -> None:

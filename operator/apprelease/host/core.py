@@ -60,6 +60,10 @@ PROCESS_START_WAIT_SECONDS = 5
 # gunicorn's own progress lines ("Starting gunicorn", "Booting worker"): never the reason a
 # process ended, and the first thing a supervisor's restart of it writes.
 GUNICORN_PROGRESS = re.compile(r"^\[[^]]+\] \[\d+\] \[(INFO|DEBUG)\] ")
+# gunicorn's last line when it cannot bind says only "Can't connect to <addr>"; the reason
+# (permission denied, address in use…) is on its "connection to <addr> failed: …" lines before.
+GUNICORN_BIND_GAVE_UP = re.compile(r"\[ERROR\] Can't connect to ")
+GUNICORN_BIND_FAILED = re.compile(r"\[ERROR\] (connection to .* failed: .*)$")
 
 # (namespace, secret name) -> (certificate PEM, key PEM); raises KeyError when absent.
 TLSSource = Callable[[str, str], tuple[str, str]]
@@ -231,7 +235,13 @@ def last_words(text: str) -> str:
     by the time the exit is seen its successor may have logged its start-up already.
     """
     lines = [line for line in text.splitlines() if line.strip() and not GUNICORN_PROGRESS.match(line)]
-    return lines[-1] if lines else ""
+    if not lines:
+        return ""
+    if GUNICORN_BIND_GAVE_UP.search(lines[-1]):
+        reason = next(filter(None, map(GUNICORN_BIND_FAILED.search, reversed(lines))), None)
+        if reason is not None:
+            return f"{lines[-1]} ({reason.group(1)})"
+    return lines[-1]
 
 
 def last_log_line(paths: AppPaths, revision: str) -> str:
