@@ -101,6 +101,13 @@ def test_scope_argv_puts_a_revision_in_its_apps_slice_with_its_limits():
     assert "-p" in only_cpu and not any(a.startswith("MemoryMax") for a in only_cpu)
 
 
+def test_every_apps_slice_is_a_direct_child_of_apprelease_slice():
+    # systemd nests slices at '-': without the mapping, team-a_web-x would sit in team-a_web's slice.
+    slices = {key: units.app_slice(key) for key in ("team-a_web", "team-a_web-x", "team_a-web")}
+    assert all(name.count("-") == 1 and name.startswith("apprelease-") for name in slices.values()), slices
+    assert len(set(slices.values())) == len(slices)
+
+
 def test_a_scoped_watcher_is_started_as_root_and_drops_to_the_app_user_in_systemd_run():
     from pathlib import Path
 

@@ -143,8 +143,14 @@ SYSTEMD_RUN = "/usr/bin/systemd-run"  # absolute: the supervisor runs watchers w
 
 
 def app_slice(key: str) -> str:
-    """The slice of an app's scopes: under apprelease.slice ('-' nests slices)."""
-    return f"apprelease-{key}.slice"
+    """The slice of an app's scopes, a direct child of apprelease.slice.
+
+    systemd nests slices at each '-' of the name, so a key's own dashes would put app
+    `team-a_web-x` inside app `team-a_web`'s slice (another tenant's). Names and namespaces
+    never hold ':', so mapping '-' to ':' keeps keys apart and passes the supervisor configs'
+    plain-value check (systemd's own escape, \x2d, would not).
+    """
+    return f"apprelease-{key.replace('-', ':')}.slice"
 
 
 def revision_scope(watcher: str) -> str:
