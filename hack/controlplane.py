@@ -309,6 +309,10 @@ class ControlPlane:
     def server_url(self) -> str:
         return f"https://127.0.0.1:{self.ports.apiserver}"
 
+    def pids(self) -> dict[str, int]:
+        """The running components' pids, by name (etcd, kube-apiserver, ...)."""
+        return {name: child.pid for name, child in self._children.items() if child.poll() is None}
+
     def log_path(self, component: str) -> Path:
         return self.state_dir / "logs" / f"{component}.log"
 

@@ -68,6 +68,31 @@ def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
     return {k: base64.b64decode(v).decode("utf-8", "surrogateescape") for k, v in (data or {}).items()}
 
 
+def event_manifest(obj: Mapping[str, Any], *, api_version: str, kind: str, event_type: str, reason: str,
+                   message: str, component: str, instance: str, host: str | None = None) -> Obj:
+    """A core/v1 Event about `obj` (the agent's and the operator's; each posts its own)."""
+    meta = obj["metadata"]
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    reference = {"apiVersion": api_version, "kind": kind, "name": meta["name"], "namespace": meta["namespace"],
+                 "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}
+    source = {"component": component, **({"host": host} if host else {})}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{os.urandom(8).hex()}", "namespace": meta["namespace"]},
+        "involvedObject": {k: v for k, v in reference.items() if v is not None},
+        "reason": reason,
+        "message": message[:1024],
+        "type": event_type,
+        "source": source,
+        "reportingComponent": component,
+        "reportingInstance": instance,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
 def describe(exc: BaseException) -> str:
     """One line about an API failure (an ApiException's str() spans headers and body).
 

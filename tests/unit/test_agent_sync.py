@@ -31,54 +31,12 @@ import pytest
 
 from apprelease.agent import cluster, phases, sync
 from apprelease.agent.kube import FINALIZER, ApiError, Listed
-from apprelease.agent.workqueue import WorkQueue
 from apprelease.api.models import HostReleaseStatus
 from apprelease.host import core, plan
 
 pytestmark = pytest.mark.unit
 
 NODE = "node-a"
-
-
-# -- work queue ------------------------------------------------------------------------
-
-
-def test_queue_holds_a_key_once():
-    queue = WorkQueue()
-    for _ in range(3):
-        queue.add("ns/a")
-    queue.add("ns/b")
-    assert [queue.get(0), queue.get(0), queue.get(0)] == ["ns/a", "ns/b", None]
-
-
-def test_key_added_while_processing_comes_back_after_done():
-    queue = WorkQueue()
-    queue.add("ns/a")
-    key = queue.get(0)
-    queue.add("ns/a")
-    assert queue.get(0) is None, "never handed out twice at the same time"
-    queue.done(key)
-    assert queue.get(0) == "ns/a"
-
-
-def test_add_after_waits():
-    now = [100.0]
-    queue = WorkQueue(clock=lambda: now[0])
-    queue.add_after("ns/a", 5)
-    assert queue.get(0) is None
-    now[0] += 5
-    assert queue.get(0) == "ns/a"
-
-
-def test_shut_down_wakes_a_waiting_worker():
-    queue = WorkQueue()
-    got: list[str | None] = []
-    worker = threading.Thread(target=lambda: got.append(queue.get()))
-    worker.start()
-    time.sleep(0.05)
-    queue.shut_down()
-    worker.join(2)
-    assert got == [None]
 
 
 # -- decisions -------------------------------------------------------------------------

@@ -73,15 +73,21 @@ class CountingApi:
     def create_host_release(self, manifest):
         self.calls.append(f"create {manifest['metadata']['name']}")
         self.hosts[manifest["metadata"]["name"]] = {**manifest, "metadata": {**manifest["metadata"], "generation": 1}}
+        return copy.deepcopy(self.hosts[manifest["metadata"]["name"]])
 
     def replace_host_release_spec(self, namespace, name, spec):
         self.calls.append(f"update {name}")
         self.hosts[name]["spec"] = spec
         self.hosts[name]["metadata"]["generation"] += 1
+        return copy.deepcopy(self.hosts[name])
 
     def delete_host_release(self, namespace, name):
         self.calls.append(f"delete {name}")
         del self.hosts[name]
+
+    def set_finalizers(self, plural, namespace, name, seen, wanted, resource_version):
+        self.calls.append("finalizer")
+        self.app["metadata"]["finalizers"] = list(wanted)
 
     def patch_app_release_status(self, namespace, name, patch):
         self.calls.append("status")
@@ -154,7 +160,8 @@ def test_a_pass_that_creates_or_does_nothing_reads_only_the_app_and_its_hosts():
     api = CountingApi(app_object(), ["n1", "n2"])
     cache = synced(["n1", "n2"], [api.app])
     run(api, cache)
-    assert api.calls == ["get app", "list hosts", "create webxample-n1", "create webxample-n2", "list hosts", "status"]
+    # The hosts after the writes are what the writes returned: no second list.
+    assert api.calls == ["get app", "finalizer", "list hosts", "create webxample-n1", "create webxample-n2", "status"]
     api.all_ready()
     run(api, cache)
     assert api.calls == ["get app", "list hosts", "status"]
@@ -165,7 +172,7 @@ def test_a_pass_that_creates_or_does_nothing_reads_only_the_app_and_its_hosts():
 def test_without_a_synced_cache_a_pass_reads_the_api():
     api = CountingApi(app_object(), ["n1"])
     run(api, FleetCache())
-    assert api.calls[:4] == ["get app", "list nodes", "list hosts", "list all apps"]
+    assert api.calls[:5] == ["get app", "finalizer", "list nodes", "list hosts", "list all apps"]
 
 
 def test_a_node_missing_from_a_stale_cache_neither_deletes_its_host_nor_widens_the_budget():

@@ -264,6 +264,14 @@ def test_events_of_a_rollout():
     assert nodes == tuple(h.node for h in s5.hosts)
 
 
+def test_hosts_ready_together_make_one_event():
+    r = rollout("r1", [host("a", "r1"), host("b", "r1"), host("c", "r1", "Pending", observed=False, serving=None)])
+    s = compute_status(r, None, T0)
+    events = rollout_events(None, s, r, Step(), r.hosts, 1)
+    assert [(e.reason, e.message) for e in events if e.reason == "HostUpdated"] == [
+        ("HostUpdated", "a, b serve revision r1 (version v-r1)")]
+
+
 def test_conflict_events_once():
     r = rollout("r1", [host("a", "r1", "Failed", serving=None, reason="Conflict", message="Conflict: x/y ..."),
                        host("b", "r1")])
@@ -322,15 +330,21 @@ class FakeApi:
     def create_host_release(self, manifest):
         self.writes.append(f"create {manifest['metadata']['name']}")
         self.hosts[manifest["metadata"]["name"]] = {**manifest, "metadata": {**manifest["metadata"], "generation": 1}}
+        return copy.deepcopy(self.hosts[manifest["metadata"]["name"]])
 
     def replace_host_release_spec(self, namespace, name, spec):
         self.writes.append(f"update {name}")
         self.hosts[name]["spec"] = spec
         self.hosts[name]["metadata"]["generation"] += 1
+        return copy.deepcopy(self.hosts[name])
 
     def delete_host_release(self, namespace, name):
         self.writes.append(f"delete {name}")
         del self.hosts[name]
+
+    def set_finalizers(self, plural, namespace, name, seen, wanted, resource_version):
+        self.writes.append("finalizer")
+        self.app["metadata"]["finalizers"] = list(wanted)
 
     def patch_app_release_status(self, namespace, name, patch):
         self.writes.append("status")
@@ -349,7 +363,8 @@ def test_reconcile_creates_reports_and_writes_status_only_on_change():
     api = FakeApi(_app_object(), ["n1", "n2"])
     events = []
     reconcile_app_release(api, "ns", "webxample", T0, lambda obj, e: events.append(e.reason))
-    assert api.writes == ["create webxample-n1", "create webxample-n2", "status"]
+    # The finalizer first: a deletion from now on waits for the hosts' clean-up.
+    assert api.writes == ["finalizer", "create webxample-n1", "create webxample-n2", "status"]
     assert api.app["status"]["ready"] == "0/2" and events == ["RolloutStarted"]
     api.writes.clear()
     reconcile_app_release(api, "ns", "webxample", T0 + timedelta(seconds=5), lambda obj, e: events.append(e.reason))
@@ -362,7 +377,7 @@ def test_reconcile_invalid_spec_reports_once_and_touches_no_host():
     api = FakeApi(app, ["n1"])
     events = []
     outcome = reconcile_app_release(api, "ns", "webxample", T0, lambda obj, e: events.append(e.reason))
-    assert api.writes == ["status"] and events == ["InvalidSpec"] and outcome.requeue_after is None
+    assert api.writes == ["finalizer", "status"] and events == ["InvalidSpec"] and outcome.requeue_after is None
     degraded = next(c for c in api.app["status"]["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "InvalidSpec" and "spec.source.requirements[0]" in degraded["message"]
     api.writes.clear()
@@ -375,7 +390,7 @@ def test_reconcile_holds_the_younger_of_two_conflicting_apps_until_the_older_goe
     api = FakeApi(_app_object(), ["n1", "n2"], others=[older])
     events = []
     reconcile_app_release(api, "ns", "webxample", T0, lambda obj, e: events.append(e.reason))
-    assert api.writes == ["status"] and events == ["HostConflict"]  # no HostRelease created
+    assert api.writes == ["finalizer", "status"] and events == ["HostConflict"]  # no HostRelease created
     degraded = next(c for c in api.app["status"]["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "HostConflict"
     assert degraded["message"].startswith(
@@ -395,7 +410,7 @@ def test_reconcile_ignores_a_younger_conflicting_app():
     younger = _app_object(name="second", created="2025-01-01T13:00:00Z")
     api = FakeApi(_app_object(), ["n1"], others=[younger])
     reconcile_app_release(api, "ns", "webxample", T0, lambda obj, e: None)
-    assert api.writes == ["create webxample-n1", "status"]
+    assert api.writes == ["finalizer", "create webxample-n1", "status"]
 
 
 @pytest.mark.parametrize(("body", "owner"), [

@@ -5,7 +5,7 @@ Started by `apprelease agent run` (agent/cli.py). Three threads:
 - the watcher lists and watches this node's HostReleases only (server-side label selector
   `apprelease.dev/node=<node>`, all namespaces), keeps the latest object of each in a
   cache and enqueues its key; it re-lists on 410 Gone and reconnects with backoff on errors;
-- one worker takes keys off the queue (agent/workqueue.py) one at a time and reconciles
+- one worker takes keys off the queue (apprelease/workqueue.py) one at a time and reconciles
   them: finalizer, `core.reconcile`, status (only when it changed; while a rotation runs,
   its live phases, throttled, from a short-lived thread: agent/phases.py), Events; on deletion
   `core.remove` and the finalizer goes; after each full list it also removes apps on disk
@@ -46,7 +46,7 @@ from ..host.layout import app_key, app_of_watcher
 from ..host.progress import no_progress
 from . import kube, phases, sync
 from .kube import FINALIZER, Obj
-from .workqueue import WorkQueue
+from ..workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 

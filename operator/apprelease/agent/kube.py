@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import base64
 import logging
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
 
 from ..api.models import GROUP, NODE_LABEL, VERSION
-from ..kubeclient import ApiError, Client, Config, decode_secret_data, describe, load_config
+from ..kubeclient import ApiError, Client, Config, decode_secret_data, describe, event_manifest, load_config
 from ..kubeclient import path_segment as _seg
 
 log = logging.getLogger(__name__)
@@ -189,25 +187,7 @@ class HostReleaseAPI:
     # -- Events ------------------------------------------------------------------------
 
     def create_event(self, obj: Obj, *, event_type: str, reason: str, message: str, node: str) -> None:
-        meta = obj["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        reference = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
-                     "namespace": meta["namespace"], "uid": meta.get("uid"),
-                     "resourceVersion": meta.get("resourceVersion")}
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
-            "involvedObject": {k: v for k, v in reference.items() if v is not None},
-            "reason": reason,
-            "message": message[:1024],
-            "type": event_type,
-            "source": {"component": COMPONENT, "host": node},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": node,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        self.client.request("POST", f"/api/v1/namespaces/{_seg(meta['namespace'])}/events", body=event,
+        event = event_manifest(obj, api_version=f"{GROUP}/{VERSION}", kind=KIND, event_type=event_type,
+                               reason=reason, message=message, component=COMPONENT, instance=node, host=node)
+        self.client.request("POST", f"/api/v1/namespaces/{_seg(obj['metadata']['namespace'])}/events", body=event,
                             timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))

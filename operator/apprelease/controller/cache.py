@@ -44,6 +44,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api.claims import Claims
+from ..api.envrefs import ObjectRef, referenced_objects
 from ..api.models import AppRelease
 from .conflicts import Contender, selects
 
@@ -54,15 +55,23 @@ Key = tuple[str, str]
 
 def contender_of(obj: Mapping[str, Any]) -> Contender | None:
     """An AppRelease's claims on hosts; None when it claims nothing (invalid spec, or leaving)."""
+    return _read(obj)[0]
+
+
+def _read(obj: Mapping[str, Any]) -> tuple[Contender | None, frozenset[ObjectRef]]:
+    """An AppRelease's claims on hosts and the Secrets/ConfigMaps its agents read; neither when
+    it is leaving (what it still serves, the agents see; they clean up without reading values)
+    or invalid (never rolled out)."""
     meta = obj.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        return None  # leaving: what it still serves, the agents see
+        return None, frozenset()
     try:
         app = AppRelease.model_validate(obj)
     except ValidationError:
-        return None  # an invalid spec is never rolled out, so it claims nothing
-    return Contender(namespace=meta["namespace"], name=meta["name"], created=meta.get("creationTimestamp") or "",
-                     node_selector=app.spec.hosts.node_selector, claims=Claims.of(app.spec.proxy))
+        return None, frozenset()
+    contender = Contender(namespace=meta["namespace"], name=meta["name"], created=meta.get("creationTimestamp") or "",
+                          node_selector=app.spec.hosts.node_selector, claims=Claims.of(app.spec.proxy))
+    return contender, referenced_objects(app.spec)
 
 
 class FleetCache:
@@ -76,6 +85,12 @@ class FleetCache:
         # Node -> the AppReleases (with claims) selecting it: a conflict check reads the few
         # apps sharing a Node with this one, not all M (an O(M x N) label scan per pass).
         self._on_node: dict[str, set[Key]] = {}
+        self._refs: dict[Key, frozenset[ObjectRef]] = {}  # what each AppRelease's agents read
+        # The agents' Role per namespace as last read or written (None: none); forgotten at
+        # each full list, so a Role edited behind the operator's back is mended within
+        # RELIST_SECONDS. `roles_lock` serializes the Role writes of concurrent passes.
+        self.roles: dict[str, list[dict[str, Any]] | None] = {}
+        self.roles_lock = threading.Lock()
         self.synced = False  # a full list of both has been loaded
 
     def _index_app(self, key: Key, contender: Contender | None) -> None:
@@ -100,14 +115,17 @@ class FleetCache:
 
     def replace(self, nodes: Mapping[str, Mapping[str, str]], app_releases: Iterable[Mapping[str, Any]]) -> None:
         """Load a full list (start-up and every re-list): what is not in it is gone."""
-        apps = {(o["metadata"]["namespace"], o["metadata"]["name"]): contender_of(o) for o in app_releases}
+        read = {(o["metadata"]["namespace"], o["metadata"]["name"]): _read(o) for o in app_releases}
         with self._lock:
             self._nodes = {name: dict(labels) for name, labels in nodes.items()}
-            self._apps = apps
+            self._apps = {key: contender for key, (contender, _) in read.items()}
+            self._refs = {key: refs for key, (_, refs) in read.items() if refs}
             self._on_node = {}
             for node in self._nodes:
                 self._index_node(node)
             self.synced = True
+        with self.roles_lock:
+            self.roles.clear()
 
     def node_event(self, event_type: str | None, name: str, labels: Mapping[str, str]) -> bool:
         """Apply a watch event; True when the Node's labels changed (came, went or were edited)."""
@@ -125,15 +143,24 @@ class FleetCache:
     def app_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        contender = None if event_type == "DELETED" else contender_of(body)
+        contender, refs = (None, frozenset()) if event_type == "DELETED" else _read(body)
         with self._lock:
             self._index_app(key, contender)
             if event_type == "DELETED":
                 self._apps.pop(key, None)
             else:
                 self._apps[key] = contender
+            if refs:
+                self._refs[key] = refs
+            else:
+                self._refs.pop(key, None)
 
     # -- readers ----------------------------------------------------------------------
+
+    def references(self, namespace: str) -> set[ObjectRef]:
+        """What the agents of the namespace's AppReleases (not leaving, valid) read."""
+        with self._lock:
+            return set().union(*(refs for (ns, _), refs in self._refs.items() if ns == namespace))
 
     def node_labels(self) -> dict[str, dict[str, str]]:
         with self._lock:

@@ -63,14 +63,14 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     from .reconcile import SecretsConfig
 
     config = client_configuration(args.kubeconfig)
-    api = KubeApi.from_configuration(config)
+    api = KubeApi.from_configuration(config, pool_size=args.workers + 2)  # + the Event poster and the re-list
     key_ns, _, key_name = args.values_key_secret.partition("/")
     agent_ns, _, agent_sa = args.agent_service_account.partition("/")
     import functools
 
     secrets = SecretsConfig(values_key=functools.cache(lambda: api.values_key(key_ns, key_name)),
                             agent_service_account=(agent_ns, agent_sa) if agent_sa else None)
-    ctx = OperatorContext(config=config, api=api, secrets=secrets)
+    ctx = OperatorContext(config=config, api=api, secrets=secrets, workers=args.workers)
     namespaces = args.namespace or []
 
     def run_kopf() -> None:
@@ -144,6 +144,13 @@ def _run_as_leader(args: argparse.Namespace, config: Configuration, run_kopf: Ca
     return 1 if lost.is_set() else 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     op = sub.add_parser("operator", help="run the operator (rolls AppReleases out across hosts)")
     op.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
@@ -164,6 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     op.add_argument("--agent-service-account", default="apprelease-system/apprelease-agent", metavar="NS/NAME",
                     help="the agents' ServiceAccount, granted get on exactly the Secrets and ConfigMaps AppReleases "
                          "reference (a Role per namespace); '' keeps no Roles")
+    op.add_argument("--workers", type=_positive_int, default=8,
+                    help="AppReleases reconciled at once (never one AppRelease twice at once)")
     op.add_argument("--debug", action="store_true", help="log at DEBUG level")
     op.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     op.add_argument("--metrics-port", type=int, default=0,

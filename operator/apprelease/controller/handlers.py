@@ -1,39 +1,49 @@
-"""The Kopf wiring of the operator: settings, login, watch handlers, the per-AppRelease loop.
+"""The Kopf wiring of the operator: settings, login, watch handlers, and the reconcile workers.
 
 Called by `controller.cli` (`apprelease operator`), which builds a registry with
 `build_registry(ctx)` and runs Kopf with it; tests start that command as a subprocess
-(tests/support/operator.py). Handlers are thin: bodies are the `handle_*` functions here,
-which call `controller.reconcile`.
+(tests/support/operator.py). Kopf watches; the reconciling is ours: handlers are thin and
+only say which AppRelease to look at again.
 
 How a change reaches an AppRelease's reconcile (the triggers):
-- each AppRelease has a Kopf daemon, `rollout loop`, the only place its rollout is reconciled:
-  one loop per object, so two reconciles of the same AppRelease never race on the
-  maxUnavailable budget. It reconciles, then waits until woken or until a resync period
-  (or the progress deadline, whichever is first) passes, and reconciles again;
-- watch events wake loops: a HostRelease event wakes its owner's loop (the controller
+- a work queue of AppRelease keys (apprelease/workqueue.py) and a pool of worker threads
+  (`--workers`, default 8) that take keys and run `controller.reconcile` on them. A key is
+  never passed by two workers at once, so two reconciles of the same AppRelease never race on
+  the maxUnavailable budget (what one Kopf daemon per AppRelease used to guarantee), and a key
+  woken during its pass is passed again right after;
+- watch events wake keys: a HostRelease event wakes its owner (the controller
   ownerReference, else the app label), a Node whose labels changed (or that came or went)
-  wakes every loop, an AppRelease whose generation is not yet observed wakes its own loop, and
-  one that changed or is deleted also wakes the loops held by a host conflict;
-- the periodic resync makes it level-triggered; it is also what notices a rotated Secret value
-  (a new revision) or a Secret that appears (ending SecretNotFound): the operator may `get`
-  Secrets by name but not list or watch them (manifests/operator-rbac.yaml): a missed event
-  costs at most one period.
+  wakes every AppRelease, an AppRelease seen for the first time or whose generation is not yet
+  observed (or that is being deleted) wakes itself, and one that changed or is deleted also
+  wakes the ones held by a host conflict;
+- after each pass the key is resynced after a period (or at the progress deadline, whichever
+  is first): level-triggered; it is also what notices a rotated Secret value (a new revision)
+  or a Secret that appears (ending SecretNotFound): the operator may `get` Secrets by name
+  but not list or watch them (manifests/operator-rbac.yaml): a missed event costs at most one
+  period. Due resyncs wait in a lane of their own behind woken keys, so a rollout's next batch
+  never queues behind thousands of idle resyncs (bench/fleet.py measured 8 s of such lag at
+  2,000 apps with one daemon per AppRelease).
 Each pass reads the AppRelease and its HostReleases from the API (no in-memory rollout state),
 so a restarted operator resumes exactly where the API says the rollout is. Nodes and the other
 AppReleases' claims come from a shared cache (controller/cache.py: filled by a list at start-up,
-before Kopf watches, then by the same watch events that wake loops, and re-listed every few
+before Kopf watches, then by the same watch events that wake keys, and re-listed every few
 minutes); moves and deletions of hosts are still decided on Nodes listed fresh.
 
-Deletion: Kopf's finalizer (named `apprelease.dev/operator-cleanup`) holds the AppRelease; the
-delete handler deletes its HostReleases and retries with a delay (TemporaryError) until the
-agents have removed their finalizers; the daemon is stopped by Kopf as soon as the object
-is marked for deletion.
+Deletion: the pass itself holds an AppRelease with the finalizer `apprelease.dev/operator-cleanup`
+(added on its first pass, before any HostRelease exists); once the object is being deleted a
+pass deletes its HostReleases and removes the finalizer when the agents have released them.
+Kopf keeps no state on the objects: with watch handlers only, it writes no annotations and
+no finalizer (its own finalizer name is set apart, or it would remove ours as unneeded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import queue
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,31 +54,48 @@ import urllib3
 from .. import metrics
 from ..kubeclient import ApiError as ApiException
 from ..kubeclient import Config as Configuration
-from ..api.models import APP_LABEL, GROUP, VERSION
+from ..kubeclient import event_manifest
+from ..api.models import API_VERSION, APP_LABEL, GROUP, VERSION
+from ..workqueue import WorkQueue
 from .cache import RELIST_SECONDS, FleetCache
 from .kube import APP_PLURAL, HOST_PLURAL, KubeApi, connection_info
-from .reconcile import SecretsConfig, finalize_app_release, reconcile_app_release, utcnow
+from .reconcile import SecretsConfig, reconcile_app_release, utcnow
 from .status import Event
-from .triggers import Wakeups
 
-OPERATOR_FINALIZER = f"{GROUP}/operator-cleanup"
 ANNOTATION_PREFIX = f"operator.{GROUP}"
+# Kopf's own finalizer: never put on our objects (Kopf has no handler that needs one), and not
+# ours (reconcile.OPERATOR_FINALIZER), which Kopf would otherwise remove as nobody's.
+KOPF_FINALIZER = f"{ANNOTATION_PREFIX}/kopf"
 RESYNC_SECONDS = 30.0  # level-triggered safety net between event-driven reconciles
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds between failed reconciles (e.g. apiserver down)
-FINALIZE_RETRY_SECONDS = 2.0
+WORKERS = 8  # concurrent passes (distinct AppReleases); the API client's pool has as many connections
+EVENT_BACKLOG = 10_000  # Events waiting to be posted; beyond it they are dropped (and logged)
+COMPONENT = "apprelease-operator"
+
+Key = tuple[str, str]
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class OperatorContext:
-    """What the handlers share: the API client, the wake-ups, and the cache of Nodes and AppReleases."""
+    """What the handlers and workers share: the API client, the queue, the cache."""
 
     config: Configuration
     api: KubeApi
-    wakeups: Wakeups = field(default_factory=Wakeups)
+    queue: WorkQueue = field(default_factory=WorkQueue)
     cache: FleetCache = field(default_factory=FleetCache)
-    held: set[tuple[str, str]] = field(default_factory=set)  # rollouts held by a conflict with an older AppRelease
+    known: set[Key] = field(default_factory=set)  # AppReleases seen (list or watch) and not deleted
+    held: set[Key] = field(default_factory=set)  # rollouts held by a conflict with an older AppRelease
+    failures: dict[Key, int] = field(default_factory=dict)  # failed passes in a row
+    backoff_until: dict[Key, float] = field(default_factory=dict)  # monotonic; events do not wake before
     resync_seconds: float = RESYNC_SECONDS
+    workers: int = WORKERS
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
+
+    def wake(self, key: Key) -> None:
+        # A failing key is not woken early by events: a failing apiserver is not hammered.
+        if self.backoff_until.get(key, 0.0) <= time.monotonic():
+            self.queue.add(key)
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -76,9 +103,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     # Standalone: one replica for now (leader election comes later); no peering objects needed.
     settings.peering.standalone = True
     settings.peering.mandatory = False
-    # Kopf's state in annotations under our own prefix: the structural CRD schema would prune a
-    # `status.kopf` field, and Kopf would then never see its own progress.
-    settings.persistence.finalizer = OPERATOR_FINALIZER
+    settings.persistence.finalizer = KOPF_FINALIZER
+    # Kopf's state in annotations under our own prefix (none is written with watch handlers
+    # only; kept so that nothing lands in a `status.kopf` the structural schema would prune).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -90,9 +117,8 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.reconnect_backoff = 1.0
     settings.networking.connect_timeout = 5
     settings.networking.request_timeout = 30
-    settings.posting.enabled = True
-    settings.posting.level = logging.INFO
-    settings.posting.reporting_component = "apprelease-operator"
+    # Our Events are posted by EventPoster; Kopf's would be its per-object log lines.
+    settings.posting.enabled = False
 
 
 def owner_of(body: Mapping[str, Any]) -> str | None:
@@ -104,108 +130,173 @@ def owner_of(body: Mapping[str, Any]) -> str | None:
     return (meta.get("labels") or {}).get(APP_LABEL)
 
 
-def kopf_event_sink(obj: Mapping[str, Any], event: Event) -> None:
-    """Post through Kopf's event poster (thread-safe; it batches and retries)."""
-    logging.getLogger(__name__).info("%s/%s %s: %s", obj["metadata"]["namespace"], obj["metadata"]["name"],
-                                     event.reason, event.message)
-    kopf.event(dict(obj), type=event.type, reason=event.reason, message=event.message)
+class EventPoster:
+    """Posts the passes' Events from a thread of its own: a pass never waits for them, so at a
+    cold start the HostReleases are created first and the Events follow. Best effort, as
+    Kubernetes Events are: a failed post is logged and dropped."""
+
+    def __init__(self, api: KubeApi, instance: str) -> None:
+        self.api, self.instance = api, instance
+        self._queue: queue.Queue[tuple[Mapping[str, Any], Event] | None] = queue.Queue(EVENT_BACKLOG)
+        self._thread = threading.Thread(target=self._run, name="event-poster", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+
+    def __call__(self, obj: Mapping[str, Any], event: Event) -> None:
+        meta = obj["metadata"]
+        log.info("%s/%s %s: %s", meta["namespace"], meta["name"], event.reason, event.message)
+        try:
+            self._queue.put_nowait((obj, event))
+        except queue.Full:
+            log.warning("dropping Event %s on %s/%s: %d Events wait to be posted", event.reason, meta["namespace"],
+                        meta["name"], EVENT_BACKLOG)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            obj, event = item
+            manifest = event_manifest(obj, api_version=API_VERSION, kind="AppRelease", event_type=event.type,
+                                      reason=event.reason, message=event.message, component=COMPONENT,
+                                      instance=self.instance)
+            try:
+                self.api.post_event(obj, manifest)
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                log.warning("cannot post Event %s on %s/%s: %s", event.reason, obj["metadata"]["namespace"],
+                            obj["metadata"]["name"], _brief(exc))
 
 
-# ----- handler bodies
+# ----- handler bodies (on Kopf's event loop: they only touch the cache and the queue)
 
 
 def handle_event_host_release(ctx: OperatorContext, body: Mapping[str, Any], namespace: str) -> None:
     owner = owner_of(body)
-    if owner:
-        ctx.wakeups.wake((namespace, owner))
+    if owner and (namespace, owner) in ctx.known:
+        ctx.wake((namespace, owner))
 
 
 def handle_event_node(ctx: OperatorContext, event_type: str | None, name: str, labels: Mapping[str, str]) -> None:
     # Kopf's first listing repeats what the start-up list loaded: no change, no wake-up storm.
     if ctx.cache.node_event(event_type, name, labels):
-        ctx.wakeups.wake_all()
+        for key in list(ctx.known):
+            ctx.wake(key)
 
 
 def handle_event_app_release(ctx: OperatorContext, body: Mapping[str, Any], namespace: str, name: str,
                              event_type: str | None = None) -> None:
     meta = body.get("metadata") or {}
-    ctx.cache.app_event(event_type, body)  # before any wake-up: a woken loop reads the new claims
-    generation = meta.get("generation")
-    observed = (body.get("status") or {}).get("observedGeneration")
-    if generation != observed:  # our own status writes do not wake the loop again
-        ctx.wakeups.wake((namespace, name))
-    if generation != observed or event_type == "DELETED" or meta.get("deletionTimestamp"):
-        # Another AppRelease changed its claims or leaves: a rollout held by it may go on now.
-        for key in ctx.held - {(namespace, name)}:
-            ctx.wakeups.wake(key)
-
-
-async def handle_daemon_app_release(
-    ctx: OperatorContext, namespace: str, name: str, stopped: kopf.DaemonStopped, logger: logging.Logger
-) -> None:
-    """Reconcile one AppRelease until Kopf stops the daemon (deletion or operator exit)."""
     key = (namespace, name)
-    failures = 0
+    ctx.cache.app_event(event_type, body)  # before any wake-up: a woken pass reads the new claims
+    if event_type == "DELETED":
+        # Gone from the API (our finalizer was released, or never added): no more passes.
+        ctx.known.discard(key)
+        ctx.queue.forget(key)
+    else:
+        new = key not in ctx.known
+        ctx.known.add(key)
+        generation = meta.get("generation")
+        observed = (body.get("status") or {}).get("observedGeneration")
+        # Our own status writes do not wake the key again.
+        if new or generation != observed or meta.get("deletionTimestamp"):
+            ctx.wake(key)
+    if (meta.get("generation") != (body.get("status") or {}).get("observedGeneration")
+            or event_type == "DELETED" or meta.get("deletionTimestamp")):
+        # Another AppRelease changed its claims or leaves: a rollout held by it may go on now.
+        for held in list(ctx.held - {key}):
+            ctx.wake(held)
+
+
+# ----- the workers (threads: a pass is synchronous API calls and pure decisions)
+
+
+def run_pass(ctx: OperatorContext, key: Key, post: EventPoster) -> None:
+    """One reconcile of `key`, then its next pass scheduled: a resync, or a retry after a failure."""
+    namespace, name = key
     try:
-        while not stopped:
-            ctx.wakeups.clear(key)
-            try:
-                # The kubernetes client is synchronous: run the whole pass off the event loop.
-                with metrics.OPERATOR_RECONCILE_SECONDS.time():
-                    outcome = await asyncio.to_thread(
-                        reconcile_app_release, ctx.api, namespace, name, utcnow(), kopf_event_sink, ctx.secrets,
-                        ctx.cache,
-                    )
-            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-                metrics.operator_reconcile_failed(exc)
-                delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
-                failures += 1
-                logger.warning(f"reconcile failed ({_brief(exc)}); retrying in {delay:g}s")
-                # Not woken early by events: a failing apiserver is not hammered.
-                await stopped.wait(delay)
-                continue
-            failures = 0
-            if outcome.held:
-                ctx.held.add(key)
-            else:
-                ctx.held.discard(key)
-            # When `outcome.gone`, the object is being deleted: Kopf stops this loop shortly.
-            timeout = ctx.resync_seconds
-            if outcome.requeue_after is not None:
-                timeout = min(timeout, outcome.requeue_after + 0.5)
-            await _pause(ctx, key, timeout, stopped)
-    finally:
-        ctx.wakeups.forget(key)
+        with metrics.OPERATOR_RECONCILE_SECONDS.time():
+            outcome = reconcile_app_release(ctx.api, namespace, name, utcnow(), post, ctx.secrets, ctx.cache)
+    except Exception as exc:  # noqa: BLE001 - a worker lives on; the key is retried with backoff
+        metrics.operator_reconcile_failed(exc)
+        failures = ctx.failures.get(key, 0)
+        delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
+        ctx.failures[key] = failures + 1
+        ctx.backoff_until[key] = time.monotonic() + delay
+        if isinstance(exc, (ApiException, urllib3.exceptions.HTTPError, OSError)):
+            log.warning("%s/%s: reconcile failed (%s); retrying in %gs", namespace, name, _brief(exc), delay)
+        else:
+            log.exception("%s/%s: reconcile failed; retrying in %gs", namespace, name, delay)
+        ctx.queue.add_after(key, delay)
+        return
+    ctx.failures.pop(key, None)
+    ctx.backoff_until.pop(key, None)
+    if outcome.held:
+        ctx.held.add(key)
+    else:
         ctx.held.discard(key)
+    if outcome.gone:
+        ctx.held.discard(key)
+        ctx.queue.forget(key)
+        return
+    delay = ctx.resync_seconds
+    if outcome.requeue_after is not None:
+        delay = min(delay, outcome.requeue_after + 0.5)
+    ctx.queue.resync_after(key, delay)
 
 
-async def _pause(ctx: OperatorContext, key: tuple[str, str], timeout: float, stopped: kopf.DaemonStopped) -> None:
-    """Wait until woken, stopped, or `timeout` passes (stopping promptly spares Kopf a cancel)."""
-    waits = {asyncio.ensure_future(ctx.wakeups.wait(key, timeout)), asyncio.ensure_future(stopped.wait(timeout))}
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in waits:
-            task.cancel()
+def work(ctx: OperatorContext, post: EventPoster) -> None:
+    while (key := ctx.queue.get()) is not None:
+        try:
+            run_pass(ctx, key, post)  # type: ignore[arg-type]  # keys are (namespace, name)
+        finally:
+            ctx.queue.done(key)
 
 
-def handle_delete_app_release(ctx: OperatorContext, namespace: str, name: str, logger: logging.Logger) -> None:
-    remaining = finalize_app_release(ctx.api, namespace, name, ctx.secrets)
-    if remaining:
-        raise kopf.TemporaryError(
-            f"waiting for the agents to clean up and release {', '.join(remaining)}",
-            delay=FINALIZE_RETRY_SECONDS,
-        )
-    logger.info("all HostReleases are gone")
+class Workers:
+    """The worker threads and the Event poster, started once the cache is loaded."""
+
+    def __init__(self, ctx: OperatorContext) -> None:
+        self.ctx = ctx
+        self.poster = EventPoster(ctx.api, os.uname().nodename)
+        self.threads = [threading.Thread(target=work, args=(ctx, self.poster), name=f"reconcile-{i}", daemon=True)
+                        for i in range(ctx.workers)]
+
+    def start(self) -> None:
+        self.poster.start()
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Passes under way finish (each is a handful of requests with timeouts); queued keys are dropped."""
+        self.ctx.queue.shut_down()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.poster.stop()
 
 
 def load_cache(ctx: OperatorContext, logger: logging.Logger) -> None:
     """A full list of Nodes and AppReleases into the cache (start-up and every re-list). On
     failure the cache keeps what it had (or stays unsynced: passes then read the API)."""
     try:
-        ctx.cache.replace(ctx.api.node_labels(), ctx.api.list_all_app_releases())
+        apps = ctx.api.list_all_app_releases()
+        ctx.cache.replace(ctx.api.node_labels(), apps)
     except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
         logger.warning(f"cannot list Nodes and AppReleases for the cache ({_brief(exc)}); retrying later")
+        return
+    # Every AppRelease gets a first pass (and from then on its resyncs): the ones listed for
+    # the first time are woken, in list order; the ones gone while a watch was down are dropped.
+    listed = {(obj["metadata"]["namespace"], obj["metadata"]["name"]) for obj in apps}
+    for key in sorted(listed - ctx.known):
+        ctx.known.add(key)
+        ctx.wake(key)
+    for key in ctx.known - listed:
+        ctx.known.discard(key)
+        ctx.queue.forget(key)
 
 
 async def relist_cache(ctx: OperatorContext, logger: logging.Logger, every: float = RELIST_SECONDS) -> None:
@@ -230,12 +321,15 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     relisting: list[asyncio.Task[None]] = []
+    workers = Workers(ctx)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
         configure_settings(settings)
-        # Kopf runs start-up handlers before it watches: the cache is full before any loop runs.
+        # Kopf runs start-up handlers before it watches: the cache is full, and every AppRelease
+        # queued, before the workers start.
         await asyncio.to_thread(load_cache, ctx, logger)
+        workers.start()
         relisting.append(asyncio.create_task(relist_cache(ctx, logger)))
         metrics.operator_started()  # /readyz of --metrics-port
 
@@ -243,6 +337,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         for task in relisting:
             task.cancel()
+        await asyncio.to_thread(workers.stop)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -259,17 +354,5 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, APP_PLURAL, id="wake-on-spec", registry=registry)
     async def app_release_event(body: kopf.Body, namespace: str, name: str, type: str | None, **_: Any) -> None:
         handle_event_app_release(ctx, body, namespace, name, type)
-
-    # Stopping: the loop is asked first (it returns from its pause at once), cancelled after 2 s
-    # (e.g. while a reconcile pass is still running in its thread); it holds no state to save.
-    @kopf.daemon(GROUP, VERSION, APP_PLURAL, id="rollout", cancellation_backoff=2.0, cancellation_timeout=10.0,
-                 backoff=5.0, registry=registry)
-    async def rollout(namespace: str, name: str, stopped: kopf.DaemonStopped, logger: logging.Logger,
-                      **_: Any) -> None:
-        await handle_daemon_app_release(ctx, namespace, name, stopped, logger)
-
-    @kopf.on.delete(GROUP, VERSION, APP_PLURAL, id="delete-host-releases", registry=registry)
-    def delete(namespace: str, name: str, logger: logging.Logger, **_: Any) -> None:
-        handle_delete_app_release(ctx, namespace, name, logger)
 
     return registry

@@ -167,8 +167,8 @@ class KubeApi:
         self.timeout = timeout
 
     @classmethod
-    def from_configuration(cls, config: Config, timeout: float = REQUEST_TIMEOUT) -> KubeApi:
-        return cls(Client(config, pool_size=8), timeout)
+    def from_configuration(cls, config: Config, timeout: float = REQUEST_TIMEOUT, pool_size: int = 8) -> KubeApi:
+        return cls(Client(config, pool_size=pool_size), timeout)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         return self.client.request(method, path, timeout=(self.timeout, self.timeout), **kwargs)
@@ -214,15 +214,16 @@ class KubeApi:
             live.add(name)
         return frozenset(live)
 
-    def create_host_release(self, manifest: Mapping[str, Any]) -> None:
+    def create_host_release(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """The HostRelease as created."""
         meta = manifest["metadata"]
-        self._request("POST", self._custom(HOST_PLURAL, meta["namespace"]), body=dict(manifest),
+        return self._request("POST", self._custom(HOST_PLURAL, meta["namespace"]), body=dict(manifest),
                       query={"fieldManager": FIELD_MANAGER})
 
-    def replace_host_release_spec(self, namespace: str, name: str, spec: WireSpec) -> None:
-        # A JSON patch replacing /spec as a whole: a merge patch would keep fields the new spec
-        # dropped (e.g. a removed source.wheel).
-        self._request("PATCH", self._custom(HOST_PLURAL, namespace, name),
+    def replace_host_release_spec(self, namespace: str, name: str, spec: WireSpec) -> dict[str, Any]:
+        """The HostRelease as patched. A JSON patch replacing /spec as a whole: a merge patch
+        would keep fields the new spec dropped (e.g. a removed source.wheel)."""
+        return self._request("PATCH", self._custom(HOST_PLURAL, namespace, name),
                       body=[{"op": "replace", "path": "/spec", "value": dict(spec)}],
                       content_type=JSON_PATCH, query={"fieldManager": FIELD_MANAGER})
 
@@ -233,20 +234,31 @@ class KubeApi:
             if exc.status != 404:  # already gone is what we wanted
                 raise
 
-    def remove_finalizer(self, namespace: str, name: str, finalizers: Sequence[str], finalizer: str) -> None:
-        """Drop `finalizer`, guarded by a test of the list we saw (a concurrent change fails the
-        patch with 422 rather than losing someone else's finalizer)."""
-        remaining = [f for f in finalizers if f != finalizer]
-        ops = [
-            {"op": "test", "path": "/metadata/finalizers", "value": list(finalizers)},
-            {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
-        ]
+    def remove_finalizer(self, namespace: str, name: str, finalizers: Sequence[str], finalizer: str,
+                         plural: str = HOST_PLURAL) -> None:
+        """Drop `finalizer` from what we saw (`finalizers`); gone already is fine."""
+        self.set_finalizers(plural, namespace, name, finalizers, [f for f in finalizers if f != finalizer], "")
+
+    def set_finalizers(self, plural: str, namespace: str, name: str, seen: Sequence[str], wanted: Sequence[str],
+                       resource_version: str) -> None:
+        """Replace the finalizers we saw with `wanted`, guarded by a test of the list we saw (or,
+        when there was none, of the resourceVersion): a concurrent change fails the patch with
+        422 rather than losing someone else's finalizer. A 404 is fine (the object is gone)."""
+        if seen:
+            ops = [{"op": "test", "path": "/metadata/finalizers", "value": list(seen)},
+                   {"op": "replace", "path": "/metadata/finalizers", "value": list(wanted)}]
+        else:
+            ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+                   {"op": "add", "path": "/metadata/finalizers", "value": list(wanted)}]
         try:
-            self._request("PATCH", self._custom(HOST_PLURAL, namespace, name), body=ops, content_type=JSON_PATCH,
+            self._request("PATCH", self._custom(plural, namespace, name), body=ops, content_type=JSON_PATCH,
                           query={"fieldManager": FIELD_MANAGER})
         except ApiError as exc:
             if exc.status != 404:
                 raise
+
+    def post_event(self, obj: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        self._request("POST", f"/api/v1/namespaces/{_seg(obj['metadata']['namespace'])}/events", body=dict(event))
 
     def patch_app_release_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         self._request("PATCH", self._custom(APP_PLURAL, namespace, name) + "/status", body=dict(patch),

@@ -22,13 +22,17 @@ from ..kubeclient import ApiError
 from ..api import envrefs, identity, resolve
 from ..api.claims import Claims
 from ..api.manifests import explain
-from ..api.models import AppRelease, AppReleaseStatus
+from ..api.models import GROUP, AppRelease, AppReleaseStatus
 from . import conflicts, grants, plan, status
 from .cache import FleetCache
-from .kube import KubeApi, host_release_manifest, host_view, status_patch
+from .kube import APP_PLURAL, KubeApi, host_release_manifest, host_view, status_patch
 from .status import Event
 
 log = logging.getLogger(__name__)
+
+# Holds a deleted AppRelease until its HostReleases are gone (the agents removed their apps).
+OPERATOR_FINALIZER = f"{GROUP}/operator-cleanup"
+FINALIZE_RETRY_SECONDS = 2.0  # between checks while the agents clean up (their events wake us sooner)
 
 # Posts one event on the AppRelease object given (Kopf's poster in the operator, a list in tests).
 EventSink = Callable[[Mapping[str, Any], Event], None]
@@ -38,7 +42,7 @@ EventSink = Callable[[Mapping[str, Any], Event], None]
 class Outcome:
     """What the caller's loop needs: whether the object still wants reconciling, and when again."""
 
-    gone: bool = False
+    gone: bool = False  # deleted (finalized), nothing more to do
     requeue_after: float | None = None  # seconds until a time-based change (progress deadline)
     status_written: bool = False
     held: bool = False  # held by a conflict with an older AppRelease: woken when another one changes or goes
@@ -84,9 +88,18 @@ def reconcile_app_release(
     (controller/cache.py says why that keeps maxUnavailable and deletions exact)."""
     cached = cache if cache is not None and cache.synced else None
     obj = api.get_app_release(namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if obj is None:
         metrics.forget_app(namespace, name)
-        return Outcome(gone=True)  # the deletion handler takes over
+        return Outcome(gone=True)
+    meta = obj["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    if meta.get("deletionTimestamp"):
+        metrics.forget_app(namespace, name)
+        return _finalize(api, obj, finalizers, secrets, cached)
+    if OPERATOR_FINALIZER not in finalizers:
+        # Before any HostRelease exists: a deletion then always waits for the hosts' clean-up.
+        api.set_finalizers(APP_PLURAL, namespace, name, finalizers, [*finalizers, OPERATOR_FINALIZER],
+                           meta.get("resourceVersion") or "")
     generation = int(obj["metadata"].get("generation") or 1)
     previous = previous_status(obj)
     try:
@@ -99,7 +112,7 @@ def reconcile_app_release(
         return Outcome(status_written=_write_status(api, obj, previous, new))
 
     spec = app.spec
-    update_agent_grants(api, namespace, secrets, references=bool(envrefs.referenced_objects(spec)))
+    update_agent_grants(api, namespace, secrets, references=envrefs.referenced_objects(spec), cache=cached)
     try:
         digest = _values_digest(api, namespace, name, spec, secrets)
     except (envrefs.MissingReference, envrefs.UnusableValue) as exc:
@@ -133,8 +146,11 @@ def reconcile_app_release(
             conflict = conflicts.describe(found)
             step = plan.next_step(desired, before, spec.strategy.max_unavailable, paused=True)
     released = _release_orphans(api, namespace, before)
-    _apply(api, obj, step, desired)
-    after = before if step.empty and not released else [host_view(o) for o in api.list_host_releases(namespace, name)]
+    written = _apply(api, obj, step, desired)
+    if step.deletes or released:
+        after = [host_view(o) for o in api.list_host_releases(namespace, name)]
+    else:  # what the writes returned: no second list (at a cold start, one list less per app)
+        after = [h for h in before if h.name not in written] + [host_view(o) for o in written.values()]
 
     rollout = status.Rollout(
         generation=generation,
@@ -180,17 +196,31 @@ def _values_digest(api: KubeApi, namespace: str, name: str, spec: Any, secrets: 
 
 
 def update_agent_grants(api: KubeApi, namespace: str, secrets: SecretsConfig,
-                        references: bool = True) -> None:
+                        references: frozenset[envrefs.ObjectRef] | None = None,
+                        cache: FleetCache | None = None) -> None:
     """Keep the namespace's agent Role to exactly what its AppReleases reference (grants.py).
 
-    `references`: whether the AppRelease being reconciled references anything. Without a Role
-    and without references there is nothing to do (one GET, the common case); otherwise the
-    namespace's AppReleases are listed too. Written only on a change."""
+    `references`: what the AppRelease being reconciled references (read fresh; None: not
+    known, e.g. when it leaves). With a synced `cache` the namespace's references come from it and the Role as
+    last read or written too: no request unless the Role must change (one GET per namespace
+    after each full list of the cache). Without one, the Role is read, and the namespace's
+    AppReleases listed unless neither a Role nor references exist. Written only on a change."""
     if secrets.agent_service_account is None:
         return
-    current = api.read_role_rules(namespace, grants.ROLE_NAME)
-    if current is None and not references:
+    if cache is None:
+        current = api.read_role_rules(namespace, grants.ROLE_NAME)
+        if current is None and references is not None and not references:
+            return
+        _write_grants(api, namespace, secrets, current, _listed_references(api, namespace))
         return
+    refs = cache.references(namespace) | (references or frozenset())
+    with cache.roles_lock:
+        if namespace not in cache.roles:
+            cache.roles[namespace] = api.read_role_rules(namespace, grants.ROLE_NAME)
+        cache.roles[namespace] = _write_grants(api, namespace, secrets, cache.roles[namespace], refs)
+
+
+def _listed_references(api: KubeApi, namespace: str) -> set[envrefs.ObjectRef]:
     refs: set[envrefs.ObjectRef] = set()
     for other in api.list_app_releases(namespace):
         if other["metadata"].get("deletionTimestamp"):
@@ -199,19 +229,28 @@ def update_agent_grants(api: KubeApi, namespace: str, secrets: SecretsConfig,
             refs |= envrefs.referenced_objects(AppRelease.model_validate(other).spec)
         except ValidationError:
             continue  # never rolled out: grants nothing
+    return refs
+
+
+def _write_grants(api: KubeApi, namespace: str, secrets: SecretsConfig, current: list[dict[str, Any]] | None,
+                  refs: set[envrefs.ObjectRef]) -> list[dict[str, Any]] | None:
+    """Make the Role grant exactly `refs`; returns its rules now (None: no Role)."""
     manifest = grants.role_manifest(namespace, refs)
     if manifest is None:
         if current is not None:
             log.info("removing Role %s/%s: no AppRelease of the namespace references a Secret or ConfigMap",
                      namespace, grants.ROLE_NAME)
             api.delete_role_and_binding(namespace, grants.ROLE_NAME)
-        return
-    if current != manifest["rules"]:
-        log.info("granting the agents get on %s in %s", ", ".join(f"{r.kind}/{r.name}" for r in sorted(refs)),
-                 namespace)
-        api.apply_role(manifest, exists=current is not None)
+        return None
+    if current == manifest["rules"]:
+        return current
+    log.info("granting the agents get on %s in %s", ", ".join(f"{r.kind}/{r.name}" for r in sorted(refs)),
+             namespace)
+    api.apply_role(manifest, exists=current is not None)
+    assert secrets.agent_service_account is not None
     sa_namespace, sa_name = secrets.agent_service_account
     api.ensure_role_binding(grants.role_binding_manifest(namespace, sa_namespace, sa_name))
+    return manifest["rules"]
 
 
 def _cluster_conflicts(api: KubeApi, obj: Mapping[str, Any], app: AppRelease, cache: FleetCache | None,
@@ -241,14 +280,30 @@ def _contender(obj: Mapping[str, Any], app: AppRelease) -> conflicts.Contender:
     )
 
 
+def _finalize(api: KubeApi, obj: Mapping[str, Any], finalizers: list[str], secrets: SecretsConfig,
+              cache: FleetCache | None) -> Outcome:
+    """A deleted AppRelease: delete its HostReleases, and let it go once they are gone."""
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if OPERATOR_FINALIZER not in finalizers:
+        return Outcome(gone=True)  # released already; another finalizer holds it
+    remaining = finalize_app_release(api, namespace, name, secrets, cache)
+    if remaining:
+        log.info("%s/%s: waiting for the agents to clean up and release %s", namespace, name, ", ".join(remaining))
+        return Outcome(requeue_after=FINALIZE_RETRY_SECONDS)
+    api.remove_finalizer(namespace, name, finalizers, OPERATOR_FINALIZER, plural=APP_PLURAL)
+    log.info("%s/%s: all HostReleases are gone; released the AppRelease", namespace, name)
+    return Outcome(gone=True)
+
+
 def finalize_app_release(api: KubeApi, namespace: str, name: str,
-                         secrets: SecretsConfig = SecretsConfig()) -> list[str]:
+                         secrets: SecretsConfig = SecretsConfig(), cache: FleetCache | None = None) -> list[str]:
     """Delete the app's HostReleases; return the names still present (their agents are cleaning up).
 
     HostReleases of Nodes that no longer exist lose the agent's finalizer here: no agent
     will ever report on them. The agents' Role stops naming what only this app referenced.
     """
-    update_agent_grants(api, namespace, secrets)
+    update_agent_grants(api, namespace, secrets, cache=cache if cache is not None and cache.synced else None)
     hosts = [host_view(o) for o in api.list_host_releases(namespace, name)]
     for host in hosts:
         if not host.deleting:
@@ -260,22 +315,25 @@ def finalize_app_release(api: KubeApi, namespace: str, name: str,
     return sorted(h.name for h in hosts)
 
 
-def _apply(api: KubeApi, obj: Mapping[str, Any], step: plan.Step, desired: Mapping[str, plan.WireSpec]) -> None:
+def _apply(api: KubeApi, obj: Mapping[str, Any], step: plan.Step,
+           desired: Mapping[str, plan.WireSpec]) -> dict[str, dict[str, Any]]:
+    """Delete, update, create as `step` says; returns the HostReleases updated or created, by name."""
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    written: dict[str, dict[str, Any]] = {}
     for host_name in step.deletes:
         log.info("deleting HostRelease %s/%s: its node is no longer selected", namespace, host_name)
         api.delete_host_release(namespace, host_name)
     for node in step.updates:
         host_name = resolve.host_release_name(name, node)
         log.info("updating HostRelease %s/%s to revision %s", namespace, host_name, desired[node]["revision"])
-        api.replace_host_release_spec(namespace, host_name, desired[node])
+        written[host_name] = api.replace_host_release_spec(namespace, host_name, desired[node])
     for node in step.creates:
         host_name = resolve.host_release_name(name, node)
         log.info("creating HostRelease %s/%s at revision %s", namespace, host_name, desired[node]["revision"])
         manifest = host_release_manifest(name, namespace, meta["uid"], node, host_name, desired[node])
         try:
-            api.create_host_release(manifest)
+            written[host_name] = api.create_host_release(manifest)
         except ApiError as exc:
             if exc.status != 409:
                 raise
@@ -283,6 +341,7 @@ def _apply(api: KubeApi, obj: Mapping[str, Any], step: plan.Step, desired: Mappi
             # it alone and say so; it is not ours to overwrite.
             log.warning("HostRelease %s/%s exists but is not labelled for %s; not touching it",
                         namespace, host_name, name)
+    return written
 
 
 def _release_orphans(api: KubeApi, namespace: str, hosts: list[plan.HostView]) -> tuple[str, ...]:

@@ -201,15 +201,20 @@ def rollout_events(
 
     old_hosts = {h.node: h for h in (previous.hosts if previous else [])}
     live = rollout.selected()
+    updated = []  # one Event for the hosts that became Ready together: at fleet scale an Event
+    # per host was most of the operator's writes (bench/fleet.py)
     for node, host in sorted(live.items()):
         was = old_hosts.get(node)
         if host.ready(rollout.desired[node]) and not (
             was is not None and was.phase == "Ready" and was.revision == rollout.revision
         ):
-            events.append(Event("Normal", HOST_UPDATED, f"{node} serves {release}"))
+            updated.append(node)
         if host.failed and not (was is not None and was.phase == "Failed" and was.message == host.message):
             events.append(Event("Warning", HOST_CONFLICT if host.reason == CONFLICT_REASON else HOST_FAILED,
                                 _failure(host)))
+    if updated:
+        events.append(Event("Normal", HOST_UPDATED,
+                            f"{', '.join(updated)} serve{'s' if len(updated) == 1 else ''} {release}"))
 
     degraded_before, degraded_now = condition(previous, DEGRADED), condition(new, DEGRADED)
     if rollout.conflict is not None and degraded_now is not None and not (
