@@ -205,6 +205,18 @@ class Meter:
         return requests, passes
 
 
+    def apiserver_seconds(self) -> Counter:
+        """Seconds the apiserver spent serving requests, by (verb, resource, subresource), watches
+        left out: where its CPU goes (what the operator's requests cost, roughly)."""
+        resp = self.client.pool.request("GET", "/metrics", headers=self.client._headers(None), retries=False)
+        seconds: Counter = Counter()
+        for labels, value in scrape(resp.data.decode(), "apiserver_request_duration_seconds_sum").items():
+            d = dict(labels)
+            if d.get("verb") != "WATCH":
+                seconds[(d.get("verb", ""), d.get("resource", ""), d.get("subresource", ""))] += value
+        return seconds
+
+
 def delta(a: tuple[Counter, float], b: tuple[Counter, float]) -> tuple[Counter, float]:
     requests = Counter({k: v - a[0].get(k, 0) for k, v in b[0].items() if v - a[0].get(k, 0) > 0})
     return requests, b[1] - a[1]
@@ -284,6 +296,7 @@ def run(args: argparse.Namespace) -> dict:
             if operator.poll() is not None:
                 raise RuntimeError(f"operator exited with {operator.returncode}; see {op_log}")
 
+        seconds_start = meter.apiserver_seconds()
         cpu_start = {name: proc_stats(pid)["cpu_s"] for name, pid in {**cp.pids(), "simulated agents": sim.pid}.items()}
         wait(lambda: (check_alive(), count("spec") >= total_hrs)[1], args.timeout, f"{total_hrs} HostReleases created")
         results["all_created_s"] = max(e["t"] for e in read_events(events_path) if e["kind"] == "spec") - t0
@@ -294,6 +307,8 @@ def run(args: argparse.Namespace) -> dict:
         cold = delta(before_start, meter.snapshot())
         results["cold_requests"] = describe_requests(*cold)
         results["after_cold_start"] = proc_stats(operator.pid)
+        spent = meter.apiserver_seconds()
+        results["apiserver_seconds"] = Counter({k: v - seconds_start.get(k, 0.0) for k, v in spent.items()})
         # Where the cores went during the cold start (2 here): what the operator waits on.
         results["others_cpu_s"] = {name: proc_stats(pid)["cpu_s"] - cpu_start[name]
                                    for name, pid in {**cp.pids(), "simulated agents": sim.pid}.items()}
@@ -342,6 +357,9 @@ def print_results(r: dict, args: argparse.Namespace) -> None:
           f"peak {e['peak_rss_mb']:.0f} MB (target <= 200 MB); CPU {c['cpu_s']:.1f} s cold start, {e['cpu_s']:.1f} s in all")
     others = ", ".join(f"{name} {cpu:.1f} s" for name, cpu in r["others_cpu_s"].items())
     print(f"  CPU of the others, cold start  {others} (the machine has {os.cpu_count()} cores)")
+    top = ", ".join(f"{verb} {res}{'/' + sub if sub else ''} {v:.0f} s"
+                    for (verb, res, sub), v in r["apiserver_seconds"].most_common(6))
+    print(f"  apiserver time, cold start     {sum(r['apiserver_seconds'].values()):.0f} s of requests ({top})")
 
 
 def main() -> int:
