@@ -134,7 +134,11 @@ def test_the_claims_index_follows_apps_and_nodes():
     cache.node_event("MODIFIED", "n1", {"pool": "x"})
     others, labels = cache.neighbours(["n1", "n2"])
     assert [o.name for o in others] == ["a"] and labels == {"n1": {"pool": "x"}, "n2": HOST}
-    cache.app_event("MODIFIED", app_object("a", hosts={"nodeSelector": HOST}))
+    edited = app_object("a", hosts={"nodeSelector": HOST})
+    cache.app_event("MODIFIED", edited)  # same generation: a status write, nothing re-read
+    assert [o.name for o in cache.neighbours(["n1"])[0]] == ["a"]
+    edited["metadata"]["generation"] = 2  # the apiserver bumps it on a spec change
+    cache.app_event("MODIFIED", edited)
     assert [o.name for o in cache.neighbours(["n2"])[0]] == ["a"] and cache.neighbours(["n1"])[0] == []
     leaving = app_object("a")
     leaving["metadata"]["deletionTimestamp"] = "2025-01-01T13:00:00Z"

@@ -74,6 +74,11 @@ def _read(obj: Mapping[str, Any]) -> tuple[Contender | None, frozenset[ObjectRef
     return contender, referenced_objects(app.spec)
 
 
+def _signature(obj: Mapping[str, Any]) -> tuple[Any, bool]:
+    meta = obj.get("metadata") or {}
+    return meta.get("generation"), bool(meta.get("deletionTimestamp"))
+
+
 class FleetCache:
     """Node labels by name and AppRelease claims by (namespace, name). Thread-safe: Kopf's event
     loop writes, the reconcile worker threads read."""
@@ -86,6 +91,9 @@ class FleetCache:
         # apps sharing a Node with this one, not all M (an O(M x N) label scan per pass).
         self._on_node: dict[str, set[Key]] = {}
         self._refs: dict[Key, frozenset[ObjectRef]] = {}  # what each AppRelease's agents read
+        # (generation, leaving) of what was read: most events of an AppRelease are its status
+        # writes, which change neither claims nor references (no validation, no re-index).
+        self._seen: dict[Key, tuple[Any, bool]] = {}
         # The agents' Role per namespace as last read or written (None: none); forgotten at
         # each full list, so a Role edited behind the operator's back is mended within
         # RELIST_SECONDS. `roles_lock` serializes the Role writes of concurrent passes.
@@ -120,6 +128,7 @@ class FleetCache:
             self._nodes = {name: dict(labels) for name, labels in nodes.items()}
             self._apps = {key: contender for key, (contender, _) in read.items()}
             self._refs = {key: refs for key, (_, refs) in read.items() if refs}
+            self._seen = {(o["metadata"]["namespace"], o["metadata"]["name"]): _signature(o) for o in app_releases}
             self._on_node = {}
             for node in self._nodes:
                 self._index_node(node)
@@ -143,8 +152,16 @@ class FleetCache:
     def app_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type != "DELETED":
+            with self._lock:
+                if self._seen.get(key) == _signature(body):
+                    return
         contender, refs = (None, frozenset()) if event_type == "DELETED" else _read(body)
         with self._lock:
+            if event_type == "DELETED":
+                self._seen.pop(key, None)
+            else:
+                self._seen[key] = _signature(body)
             self._index_app(key, contender)
             if event_type == "DELETED":
                 self._apps.pop(key, None)
