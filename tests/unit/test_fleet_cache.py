@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import pytest
 
 from apprelease.controller.cache import FleetCache
-from apprelease.controller.reconcile import reconcile_app_release
+from apprelease.controller.reconcile import SecretsConfig, reconcile_app_release
 from apprelease.api.manifests import load_documents
 from support.manifests import ROOT
 
@@ -93,6 +93,24 @@ class CountingApi:
         self.calls.append("status")
         merged = {**(self.app.get("status") or {}), **patch["status"]}
         self.app["status"] = {k: v for k, v in merged.items() if v is not None}
+
+    # The agents' Role (controller/grants.py)
+    role: list | None = None
+
+    def read_role_rules(self, namespace, name):
+        self.calls.append("get role")
+        return copy.deepcopy(self.role)
+
+    def apply_role(self, manifest, exists):
+        self.calls.append("apply role")
+        self.role = manifest["rules"]
+
+    def ensure_role_binding(self, manifest):
+        self.calls.append("bind role")
+
+    def read_secret_data(self, namespace, name):
+        self.calls.append(f"get secret {name}")
+        return {"url": "postgres://x"}
 
     def all_ready(self) -> None:
         """What the agents report once each host serves its spec."""
@@ -171,6 +189,27 @@ def test_a_pass_that_creates_or_does_nothing_reads_only_the_app_and_its_hosts():
     assert api.calls == ["get app", "list hosts", "status"]
     run(api, cache)
     assert api.calls == ["get app", "list hosts"]  # steady: two reads, O(1) of the fleet
+
+
+def test_the_agents_role_is_kept_from_the_cache():
+    secrets = SecretsConfig(agent_service_account=("apprelease-system", "apprelease-agent"))
+    api = CountingApi(app_object(), ["n1"])
+    cache = synced(["n1"], [api.app])
+
+    def grants_requests() -> list[str]:
+        api.calls.clear()
+        reconcile_app_release(api, "ns", "webxample", T0, lambda obj, e: None, secrets, cache)
+        return [c for c in api.calls if "role" in c]
+
+    assert grants_requests() == ["get role"]  # the namespace's Role, once
+    assert grants_requests() == []  # then from the cache: no request per pass
+    api.app = app_object(env=[{"name": "DB", "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}}])
+    api.app["metadata"]["generation"] = 2
+    cache.app_event("MODIFIED", api.app)
+    assert grants_requests() == ["apply role", "bind role"] and api.role[0]["resourceNames"] == ["db"]
+    assert grants_requests() == []
+    cache.replace({"n1": HOST}, [api.app])  # the periodic re-list: the Role is read again once
+    assert grants_requests() == ["get role"]
 
 
 def test_without_a_synced_cache_a_pass_reads_the_api():
