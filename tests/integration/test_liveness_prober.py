@@ -2,7 +2,7 @@
 
 Covers: a probe of a server that trickles its answer (a byte every 0.5 s) fails at the
 probe's deadline, not when the answer is complete (the timeout is a total deadline, not
-per read); the health gate's request is bounded the same way; while one app's probe hangs
+per read); the health gate before a switch ends at its deadline the same way; while one app's probe hangs
 until its deadline, a healthy app of another namespace is probed every period all along, and
 the hanging app's failure reaches its status (written by the probe worker's own client);
 a namespace with more hanging apps than its share holds only its share of the probe pool:
@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,10 +41,17 @@ ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 TRICKLED = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nConnection: close\r\n\r\n" + b"x" * 40  # ~50 s at 0.5 s a byte
 
 
+@dataclass
+class Connection:
+    accepted: float
+    closed: float | None = None  # None while open
+    sent: int = 0  # bytes of the answer sent
+
+
 class App:
     """An app's live socket: answers at once, or trickles its answer a byte every DRIP_SECONDS.
 
-    Records each connection as [accepted, closed] (closed is None while it is open) and the
+    Records each connection (when accepted and closed, how much of the answer it got) and the
     most connections it had open at once.
     """
 
@@ -52,8 +60,8 @@ class App:
         run.mkdir(parents=True)
         self.path = run / f"{REVISION}.sock"
         (run / LIVE_SOCKET).symlink_to(self.path.name)
-        self.trickle = trickle
-        self.connections: list[list[float | None]] = []
+        self.answer = TRICKLED if trickle else ANSWER
+        self.connections: list[Connection] = []
         self.most_open = 0
         self._lock = threading.Lock()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -68,39 +76,43 @@ class App:
             except OSError:
                 return  # closed
             with self._lock:
-                record: list[float | None] = [time.monotonic(), None]
+                record = Connection(time.monotonic())
                 self.connections.append(record)
-                self.most_open = max(self.most_open, self.open())
+                self.most_open = max(self.most_open, sum(1 for c in self.connections if c.closed is None))
             threading.Thread(target=self._answer, args=(conn, record), daemon=True).start()
 
-    def _answer(self, conn: socket.socket, record: list[float | None]) -> None:
+    def _answer(self, conn: socket.socket, record: Connection) -> None:
         try:
             conn.recv(65536)
-            if not self.trickle:
+            if self.answer is ANSWER:
                 conn.sendall(ANSWER)
+                record.sent = len(ANSWER)
                 conn.recv(1)  # until the client is done and closes
-            for byte in TRICKLED if self.trickle else b"":
-                conn.sendall(bytes([byte]))
-                readable, _, _ = select.select([conn], [], [], DRIP_SECONDS)
-                if readable and not conn.recv(1):
-                    break  # the client gave up and closed: noted at once, not at the next byte
+            else:
+                for byte in self.answer:
+                    conn.sendall(bytes([byte]))
+                    record.sent += 1
+                    readable, _, _ = select.select([conn], [], [], DRIP_SECONDS)
+                    if readable and not conn.recv(1):
+                        break  # the client gave up and closed: noted at once, not at the next byte
         except OSError:
             pass
         finally:
             conn.close()
             with self._lock:
-                record[1] = time.monotonic()
-
-    def open(self) -> int:
-        return sum(1 for _, closed in self.connections if closed is None)
+                record.closed = time.monotonic()
 
     def accepted_between(self, start: float, end: float) -> int:
         with self._lock:
-            return sum(1 for accepted, _ in self.connections if start <= accepted <= end)
+            return sum(1 for c in self.connections if start <= c.accepted <= end)
 
-    def first_closed(self) -> list[float | None] | None:
+    def first_closed(self) -> Connection | None:
         with self._lock:
-            return next((c for c in self.connections if c[1] is not None), None)
+            return next((c for c in self.connections if c.closed is not None), None)
+
+    def all_closed(self) -> list[Connection] | None:
+        with self._lock:
+            return list(self.connections) if all(c.closed is not None for c in self.connections) else None
 
     def close(self) -> None:
         self._server.close()
@@ -108,8 +120,8 @@ class App:
 
 def most_open_together(apps: list[App]) -> int:
     """The most connections the apps had open at the same time."""
-    edges = sorted((t, step) for app in apps for accepted, closed in list(app.connections)
-                   for t, step in ((accepted, 1), (closed if closed is not None else float("inf"), -1)))
+    edges = sorted((t, step) for app in apps for c in list(app.connections)
+                   for t, step in ((c.accepted, 1), (c.closed if c.closed is not None else float("inf"), -1)))
     most = level = 0
     for _, step in edges:
         level += step
@@ -186,15 +198,17 @@ def test_a_trickled_answer_fails_the_probe_at_its_deadline(layout):
     release = HostRelease.model_validate(host_release("evil", "drip", probe_timeout=1))
     try:
         probe = core.probe_live(SimpleNamespace(layout=layout), "evil", "drip", release.spec)  # type: ignore[arg-type]
-        answering = app.open()  # the server had more to send when the probe gave up
-        # the health gate's request (before a switch) has the same bound
-        with pytest.raises(TimeoutError):
-            health.get(app.path, "/healthz", timeout=1)
+        (probed,) = wait_for(app.all_closed, timeout=30, message="the probe's connection stayed open")
+        # the health gate (before a switch, on the agent's one worker) ends at its deadline too
+        gate = health.wait_healthy(app.path, "/healthz", expected=200, deadline_seconds=1, request_timeout=1)
+        gated = wait_for(app.all_closed, timeout=30, message="the health gate's connection stayed open")[1:]
     finally:
         app.close()
     assert (probe.revision, probe.passed) == (REVISION, False)
     assert "TimeoutError" in probe.detail and "(timeout 1s)" in probe.detail, probe.detail
-    assert answering == 1, "the probe waited for the trickled answer to end"
+    assert probed.sent < len(TRICKLED), "the probe waited for the trickled answer to end"
+    assert not gate.healthy and "TimeoutError" in gate.detail, gate
+    assert gated and all(c.sent < len(TRICKLED) for c in gated), "the health gate waited for a trickled answer"
 
 
 def test_a_hanging_app_does_not_delay_another_apps_probes(layout, prober):
@@ -205,8 +219,9 @@ def test_a_hanging_app_does_not_delay_another_apps_probes(layout, prober):
         wait_for(lambda: hanging.connections, timeout=30, message="the hanging app was never probed")
         stuck = wait_for(hanging.first_closed, timeout=30, message="the hanging probe never ended")
         # all along the hanging probe (~6 s, its deadline), the healthy app kept its 1 s period
-        during = healthy.accepted_between(stuck[0], stuck[1])
-        assert during >= 3, f"healthy app probed {during} times while another app's probe hung {stuck[1] - stuck[0]:.1f}s"
+        during = healthy.accepted_between(stuck.accepted, stuck.closed)
+        assert stuck.sent < len(TRICKLED)  # the hanging probe ended at its deadline
+        assert during >= 3, f"healthy app probed {during} times while another app's probe hung"
         assert hanging.most_open == 1 and healthy.most_open == 1  # never two probes of one app
         wait_for(lambda: api.liveness_of("evil/drip-node-a").get("failing"), timeout=30,
                  message=lambda: f"the hanging app's failure was not reported: {api.patches}")
@@ -226,8 +241,8 @@ def test_a_namespace_with_many_hanging_apps_holds_only_its_share(layout, prober)
     try:
         stuck = wait_for(lambda: next((c for app in hanging if (c := app.first_closed())), None), timeout=30,
                          message="no hanging probe ever ended")
-        during = healthy.accepted_between(stuck[0], stuck[1])
-        assert during >= 3, f"healthy app probed {during} times while evil's probes hung {stuck[1] - stuck[0]:.1f}s"
+        during = healthy.accepted_between(stuck.accepted, stuck.closed)
+        assert during >= 3, f"healthy app probed {during} times while evil's probes hung"
         assert max(app.most_open for app in hanging) == 1
         assert most_open_together(hanging) == 2  # the namespace's share, never more
     finally:
