@@ -468,13 +468,17 @@ class ClusterAgent:
 
     def _probe_loop(self, stop: threading.Event) -> None:
         """Each tick, hand the due probes to the probe workers; never waits for a probe."""
-        jobs: queue.SimpleQueue[tuple[str, Obj, HostRelease, HostReleaseStatus]] = queue.SimpleQueue()
+        jobs: queue.SimpleQueue[tuple[str, Obj, HostRelease, HostReleaseStatus] | None] = queue.SimpleQueue()
         workers: list[threading.Thread] = []
-        while not stop.wait(PROBER_TICK):
-            try:
-                self._schedule_probes(jobs, workers)
-            except Exception:  # noqa: BLE001 - the prober must live on; the next tick tries again
-                log.exception("scheduling liveness probes failed unexpectedly")
+        try:
+            while not stop.wait(PROBER_TICK):
+                try:
+                    self._schedule_probes(jobs, workers)
+                except Exception:  # noqa: BLE001 - the prober must live on; the next tick tries again
+                    log.exception("scheduling liveness probes failed unexpectedly")
+        finally:
+            for _ in workers:
+                jobs.put(None)  # each worker ends after its probe in flight, if any
 
     def _schedule_probes(self, jobs: queue.SimpleQueue, workers: list[threading.Thread]) -> None:
         with self._probe_lock:
@@ -510,10 +514,11 @@ class ClusterAgent:
 
     def _probe_worker(self, jobs: queue.SimpleQueue) -> None:
         """One probe worker thread: probes one app at a time, with its own API client."""
-        api = self._api_factory()
-        while True:
-            key, obj, release, stored = jobs.get()
+        api: kube.HostReleaseAPI | None = None
+        while (job := jobs.get()) is not None:
+            key, obj, release, stored = job
             try:
+                api = api or self._api_factory()
                 self._probe(key, obj, release, stored, api)
             except Exception:  # noqa: BLE001 - the next period tries again
                 log.exception("%s: liveness probe failed unexpectedly", key)
@@ -585,10 +590,12 @@ class ClusterAgent:
             # The status as it is now, not as it was when the probe started (a probe may take
             # probeTimeoutSeconds, and the worker may have written since).
             with self._status_lock:
-                obj = self.cache.get(key) or obj
-                stored, _ = self._stored_status(key, obj)
+                now_obj = self.cache.get(key)
+                if now_obj is None:
+                    return  # deleted meanwhile
+                stored, _ = self._stored_status(key, now_obj)
                 if stored is not None and stored.liveness != current:
-                    self._write_status(key, obj, stored, api=api)
+                    self._write_status(key, now_obj, stored, api=api)
 
     def _forget_liveness(self, key: str) -> None:
         self._trackers.pop(key, None)
