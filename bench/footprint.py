@@ -12,7 +12,11 @@ and put first on PYTHONPATH; default: the last commit before issue 15's work):
     that host, waits until every HostRelease is Ready again, settles, and is measured — so the
     before and after agents do the same work, and a build's transient memory is not counted;
   - operator start-up (exec until its liveness endpoint answers) and RSS after a settle, idle.
-Prints one table, all numbers measured in this run. Everything it starts is stopped at the end.
+Prints one table, all numbers measured in this run. Everything it starts is stopped at the end,
+and the N apps' accounts (app and build users) are deleted: their HostReleases are deleted while
+an agent runs, which removes each app from the host with its accounts, as in production; what
+that leaves (a bench that failed half-way, an agent that did not finish in time) is deleted
+directly, by each account's owner record (host/users.py), never another app's account.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ sys.path.insert(0, str(REPO / "hack"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import yaml  # noqa: E402
+from apprelease.host import users  # noqa: E402
 from _benchkit import control_plane_with_crds, export_tree, free_port, http_ok, proc_stats, stop_process, wait  # noqa: E402
 from controlplane import ControlPlane  # noqa: E402
 from support.hosts import release_for  # noqa: E402
@@ -43,6 +48,7 @@ BEFORE_REF = "92c50ba"
 NAMESPACE = "footprint"
 NODE = "fp-host"
 SETTLE_SECONDS = 5.0
+REMOVAL_SECONDS = 120.0  # for the agent to remove the apps at the end (else: accounts deleted directly)
 
 
 class Code:
@@ -120,13 +126,39 @@ def measure_operator(code: Code, cp: ControlPlane, log: Path) -> dict[str, float
         stop_process(proc, 30)
 
 
+def app_name(i: int) -> str:
+    return f"fp{i:02d}"
+
+
+def remove_apps(code: Code, cp: ControlPlane, root: Path, apps: int, log: Path) -> None:
+    """Delete the HostReleases while an agent runs: it removes each app from the host, accounts
+    included (its finalizer), as when an app leaves a host in production."""
+    proc, _, _ = start_agent(code, cp, root, log)
+    try:
+        cp.kubectl("delete", "hostreleases", "--all", "-n", NAMESPACE, "--wait=false")
+        try:
+            wait(lambda: not json.loads(cp.kubectl("get", "hostreleases", "-n", NAMESPACE, "-o", "json").stdout)["items"],
+                 REMOVAL_SECONDS, f"the agent removing {apps} apps")
+        except RuntimeError as exc:
+            print(f"# clean-up: {exc}; their accounts are deleted directly", file=sys.stderr)
+    finally:
+        stop_process(proc, 120)
+
+
+def delete_accounts(apps: int) -> None:
+    """The accounts of the bench's apps still on the host (a no-op after `remove_apps`)."""
+    left = [name for i in range(apps) for name in users.remove_accounts(NAMESPACE, app_name(i))]
+    if left:
+        print(f"# clean-up: deleted {len(left)} account(s) the agent had not: {' '.join(left)}", file=sys.stderr)
+
+
 def create_apps(cp: ControlPlane, index_url: str, apps: int) -> None:
     cp.kubectl("create", "namespace", NAMESPACE, check=False)
     port = free_port()
     docs = []
     for i in range(apps):
-        release = release_for(index_url, "1.0.0", port=port, node=NODE, name=f"fp{i:02d}", namespace=NAMESPACE,
-                              serverNames=[f"fp{i:02d}.test"], server={"workers": 1, "threads": 1})
+        release = release_for(index_url, "1.0.0", port=port, node=NODE, name=app_name(i), namespace=NAMESPACE,
+                              serverNames=[f"{app_name(i)}.test"], server={"workers": 1, "threads": 1})
         docs.append(release.wire())
     if docs:
         cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
@@ -148,6 +180,9 @@ def main() -> int:
         cp.kubectl("create", "namespace", NAMESPACE + "-op", check=False)
 
         root = tmp / "host"
+        # Last of all (after circusd stopped their processes: userdel refuses a user's running
+        # ones): whatever accounts of the bench's apps are still there.
+        stack.callback(delete_accounts, args.apps)
         # The agent starts the host's circusd and nginx and leaves them running when it exits
         # (as on a real host): stopped here, before the temp dir goes.
         stack.callback(lambda: subprocess.run(
@@ -168,6 +203,7 @@ def main() -> int:
             for code in (before, after):
                 results[code.label][f"agent, {args.apps} apps"] = measure_agent(code, cp, root, args.apps,
                                                                                tmp / "agent.log")
+            remove_apps(after, cp, root, args.apps, tmp / "agent.log")
             cp.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
     print_table(results, args.apps)

@@ -13,7 +13,10 @@ Started by `apprelease agent run` (agent/cli.py). Three threads:
 - the prober (only for apps with `healthCheck.periodSeconds`) probes each app's live
   revision through its socket, restarts its workers gracefully after `failureThreshold`
   failures in a row (decisions: host/liveness.py), and reports it in `status.liveness` and a
-  `Warning` Event `LivenessFailed` with the app's log tail;
+  `Warning` Event `LivenessFailed` with the app's log tail. Apps are untrusted tenants, so
+  one app's probe must not delay another's: the prober thread only schedules, and the probes
+  run on a small pool (`Settings.probe_workers`), each app at most one probe in flight, a
+  namespace at most `probes_per_namespace`, each probe bounded by its total deadline;
 - the caller's thread (`run`) re-enqueues every known key each `resync_seconds`, which
   repairs drift on the host (core's plan restores what is missing without a build), and
   stops everything when `stop` is set (SIGTERM): the current reconcile finishes first.
@@ -29,6 +32,7 @@ API calls in agent/kube.py.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
@@ -67,6 +71,10 @@ class Settings:
     phase_interval: float = phases.DEFAULT_INTERVAL  # at most one live-phase write this often per HostRelease
     phase_min_age: float = phases.DEFAULT_MIN_AGE  # a step shorter than this never shows as a phase
     log_endpoint: LogEndpoint | None = None  # published in every status this agent writes (agent/logserver.py)
+    # Liveness probes running at once, and of one namespace (tenant): a hanging app holds one
+    # slot for at most its probeTimeoutSeconds, a tenant's hanging apps never the whole pool.
+    probe_workers: int = 8
+    probes_per_namespace: int = 2
 
 
 class Backoff:
@@ -163,11 +171,16 @@ class ClusterAgent:
         # key -> (uid, status wire) last written: the cache may not have seen our own write yet.
         self._written: dict[str, tuple[str | None, dict]] = {}
         self._written_at: dict[str, float] = {}  # key -> time.monotonic() of that write: phases are throttled from it
-        self._probe_api = api_factory()  # the prober's thread
-        self._status_lock = threading.RLock()  # worker, phase writer and prober write statuses
+        self._api_factory = api_factory  # each probe worker thread makes its own client
+        self._status_lock = threading.RLock()  # worker, phase writer and probe workers write statuses
+        # Liveness memory, per key. A key's entries are written by its one probe in flight, or
+        # by the prober thread while none is (it skips keys in `_probing`); single dict
+        # operations are atomic, and every status write reads `_liveness` under _status_lock.
         self._trackers: dict[str, liveness.Tracker] = {}  # key -> liveness of its live revision
         self._liveness: dict[str, LivenessStatus | None] = {}  # key -> what status.liveness says
-        self._next_probe: dict[str, float] = {}
+        self._next_probe: dict[str, float] = {}  # key -> time.monotonic() its next probe is due
+        self._probe_lock = threading.Lock()
+        self._probing: dict[str, str] = {}  # key -> namespace of the probes in flight (under _probe_lock)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -454,23 +467,76 @@ class ClusterAgent:
     # -- prober (liveness) ------------------------------------------------------------
 
     def _probe_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(PROBER_TICK):
-            for key in self.cache.keys():
+        """Each tick, hand the due probes to the probe workers; never waits for a probe."""
+        jobs: queue.SimpleQueue[tuple[str, Obj, HostRelease, HostReleaseStatus] | None] = queue.SimpleQueue()
+        workers: list[threading.Thread] = []
+        try:
+            while not stop.wait(PROBER_TICK):
                 try:
-                    self._probe(key)
-                except Exception:  # noqa: BLE001 - the prober must live on; the next period tries again
-                    log.exception("%s: liveness probe failed unexpectedly", key)
+                    self._schedule_probes(jobs, workers)
+                except Exception:  # noqa: BLE001 - the prober must live on; the next tick tries again
+                    log.exception("scheduling liveness probes failed unexpectedly")
+        finally:
+            for _ in workers:
+                jobs.put(None)  # each worker ends after its probe in flight, if any
 
-    def _probe(self, key: str) -> None:
+    def _schedule_probes(self, jobs: queue.SimpleQueue, workers: list[threading.Thread]) -> None:
+        with self._probe_lock:
+            running = dict(self._probing)
+        targets: dict[str, tuple[Obj, HostRelease, HostReleaseStatus]] = {}
+        for key in self.cache.keys():
+            if key in running:
+                continue  # its memory belongs to the probe in flight
+            try:
+                target = self._probe_target(key)
+            except Exception:  # noqa: BLE001 - one bad object must not stop the others' probes
+                log.exception("%s: liveness probe failed unexpectedly", key)
+                continue
+            if target is not None:
+                targets[key] = target
+        now = time.monotonic()
+        due = [liveness.Due(key, release.metadata.namespace, self._next_probe.get(key, 0.0))
+               for key, (_, release, _) in targets.items()]
+        for item in liveness.start_now(due, running, now, self.settings.probe_workers - len(running),
+                                       self.settings.probes_per_namespace):
+            obj, release, stored = targets[item.key]
+            self._next_probe[item.key] = liveness.next_due(item.at, now, release.spec.health_check.period_seconds or 0)
+            with self._probe_lock:
+                self._probing[item.key] = item.tenant
+                busy = len(self._probing)
+            # Workers start as needed and stay: as many as probes in flight, so none waits in
+            # the queue. Daemons: a probe in flight never holds up the agent's exit.
+            while len(workers) < busy:
+                workers.append(threading.Thread(target=self._probe_worker, args=(jobs,),
+                                                name=f"probe-{len(workers)}", daemon=True))
+                workers[-1].start()
+            jobs.put((item.key, obj, release, stored))
+
+    def _probe_worker(self, jobs: queue.SimpleQueue) -> None:
+        """One probe worker thread: probes one app at a time, with its own API client."""
+        api: kube.HostReleaseAPI | None = None
+        while (job := jobs.get()) is not None:
+            key, obj, release, stored = job
+            try:
+                api = api or self._api_factory()
+                self._probe(key, obj, release, stored, api)
+            except Exception:  # noqa: BLE001 - the next period tries again
+                log.exception("%s: liveness probe failed unexpectedly", key)
+            finally:
+                with self._probe_lock:
+                    self._probing.pop(key, None)
+
+    def _probe_target(self, key: str) -> tuple[Obj, HostRelease, HostReleaseStatus] | None:
+        """What to probe for `key`, if its app is probed at all now; forgets what is not."""
         obj = self.cache.get(key)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             for memory in (self._trackers, self._liveness, self._next_probe):
                 memory.pop(key, None)
-            return
+            return None
         try:
             release = HostRelease.model_validate(obj)
         except ValidationError:
-            return
+            return None
         check = release.spec.health_check
         stored, _ = self._stored_status(key, obj)
         # Only a converged app: mid-rotation the live revision is about to change.
@@ -478,11 +544,12 @@ class ClusterAgent:
                 or stored.serving_revision != release.spec.revision):
             if check.period_seconds is None:
                 self._forget_liveness(key)
-            return
-        now = time.monotonic()
-        if now < self._next_probe.get(key, 0.0):
-            return
-        self._next_probe[key] = now + check.period_seconds
+            return None
+        return obj, release, stored
+
+    def _probe(self, key: str, obj: Obj, release: HostRelease, stored: HostReleaseStatus,
+               api: kube.HostReleaseAPI) -> None:
+        check = release.spec.health_check
         namespace, app = release.metadata.namespace, release.spec.app
         probe = core.probe_live(self.host, namespace, app, release.spec)
         if probe.revision is None:
@@ -517,11 +584,18 @@ class ClusterAgent:
             self._event(obj, "Warning", LIVENESS_FAILED,
                         f"{probe.revision}: {check.liveness_threshold} liveness probes failed in a row "
                         f"({probe.detail}); its workers were restarted gracefully. Log tail:\n"
-                        f"{tail[-EVENT_TAIL_CHARS:]}", api=self._probe_api)
+                        f"{tail[-EVENT_TAIL_CHARS:]}", api=api)
         self._liveness[key] = current
         if outcome.changed or outcome.restart or new_revision:
-            if stored.liveness != current:
-                self._write_status(key, obj, stored, api=self._probe_api)
+            # The status as it is now, not as it was when the probe started (a probe may take
+            # probeTimeoutSeconds, and the worker may have written since).
+            with self._status_lock:
+                now_obj = self.cache.get(key)
+                if now_obj is None:
+                    return  # deleted meanwhile
+                stored, _ = self._stored_status(key, now_obj)
+                if stored is not None and stored.liveness != current:
+                    self._write_status(key, now_obj, stored, api=api)
 
     def _forget_liveness(self, key: str) -> None:
         self._trackers.pop(key, None)

@@ -12,18 +12,64 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .supervisors.base import ProcessExit
 
 
+# Of the body, read only this much: the status decides, and an endless body must not fill memory
+# (the kubelet's probes read 10 KiB too).
+MAX_BODY = 10 * 1024
+
+
+class DeadlineSocket(socket.socket):
+    """A socket whose every operation gets only what is left of one total deadline.
+
+    A plain socket timeout is per operation: a server that sends one byte a second answers
+    every read in time and keeps a "2 s" request going for as long as it likes. The health
+    gate and the liveness probe talk to tenants' apps, so their timeout must bound the whole
+    request: connect, send, status line, headers and body.
+    """
+
+    deadline: float = 0.0  # time.monotonic() after which every operation fails
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.settimeout(left)
+
+    def connect(self, address: Any) -> None:
+        self._arm()
+        super().connect(address)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._arm()
+        super().sendall(data, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._arm()
+        return super().send(data, flags)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._arm()
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # what makefile()'s reads call
+        self._arm()
+        return super().recv_into(buffer, nbytes, flags)
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket; `timeout` is a total deadline from connect() on (DeadlineSocket)."""
+
     def __init__(self, path: Path, host: str, timeout: float):
         super().__init__(host, timeout=timeout)
         self._path = str(path)
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock = DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.deadline = time.monotonic() + self.timeout
         try:
             sock.connect(self._path)
         except OSError:
@@ -33,11 +79,16 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def get(path: Path, url: str, host: str = "localhost", timeout: float = 2.0) -> tuple[int, bytes]:
+    """GET `url` through the unix socket `path`: (status, the body's first MAX_BODY bytes).
+
+    Raises TimeoutError when the whole exchange takes longer than `timeout`, however the
+    server spreads its answer.
+    """
     conn = UnixHTTPConnection(path, host, timeout)
     try:
         conn.request("GET", url, headers={"Host": host, "User-Agent": "apprelease-health"})
         resp = conn.getresponse()
-        return resp.status, resp.read()
+        return resp.status, resp.read(MAX_BODY)
     finally:
         conn.close()
 
