@@ -10,6 +10,16 @@ The one invariant: `releases/<buildId>` exists only when it is complete. A build
 renames to a `.tmp-` name first. So an existing release directory is reused without running
 anything, which is what makes a rollback take about a second.
 
+A warm build is on a rotation's critical path, so it does only what it must (measured in
+bench/venv_build.py): uv builds from requirements resolve once per buildId and host and keep
+the answer as a lock (host/locks.py: root-owned `locks/<buildId>.txt`, recorded in
+release.json with its digest); every later build of that buildId installs exactly the
+lock's files, offline from the app's cache when it has them (`uv pip sync --require-hashes
+--offline`, online with the same hashes when not). The empty venv is a copy of a relocatable
+template uv made once per interpreter; the interpreter's probe is remembered by its file's
+identity; bytecode is compiled after the switch (host/bytecode.py), not here; one syncfs of
+the releases' file system flushes the build before the rename.
+
 Builds ignore the host's pip/uv configuration (config files and PIP_*/UV_* variables) so the
 same spec builds the same venv on every host. Every command that may run package code runs
 confined as the app's build user (`sandbox.confine`), writing only its temp build dir and the
