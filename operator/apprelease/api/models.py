@@ -623,6 +623,11 @@ class BuildRecord(Model):
     build_id: str
     reused: bool
     seconds: float
+    lock_digest: str | None = Field(
+        default=None,
+        description="sha256 of the exact set (name==version + file hashes) the venv holds, from its release.json; "
+                    "hosts of one buildId that show different digests resolved differently.",
+    )
 
 
 class ReleaseCommandRecord(Model):
