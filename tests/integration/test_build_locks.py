@@ -26,41 +26,30 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.hosts import release_for, uv_binary
 from support.pypi import LocalIndex, WebxampleIndex
 
-from apprelease.api import identity
-from apprelease.api.models import HostReleaseSpec, Proxy, ReleaseTemplate, Source
+from apprelease.api.models import HostReleaseSpec
 from apprelease.host import builder, bytecode, locks
 from apprelease.host.builder import BuildFailed, ensure_release
 from apprelease.host.executor import LocalExecutor
 from apprelease.host.layout import HostLayout
-from apprelease.host.sandbox import BuildIdentity
 from apprelease.host.users import ensure_build_user
 
 pytestmark = pytest.mark.integration
 
-UV = str(Path(sys.executable).with_name("uv"))
 KEY = "locks_webxample"
+BUILDER = functools.cache(lambda: ensure_build_user("locks", "webxample"))
 
 
-@functools.cache
-def build_identity() -> BuildIdentity:
-    return ensure_build_user("locks", "webxample")
-
-
-def host_spec(index_url: str, requirement: str = "webxample==1.0.0") -> HostReleaseSpec:
-    template = ReleaseTemplate(
-        version="test", source=Source(requirements=[requirement], index_url=index_url),
-        entrypoint="webxample.app:application", user="webxample", proxy=Proxy(server_names=["webxample.test"]),
-    )  # fmt: skip
-    return HostReleaseSpec(**template.model_dump(), app="webxample", node="host-1",
-                           build_id=identity.build_id(template), revision=identity.revision(template))
+def host_spec(index_url: str) -> HostReleaseSpec:
+    """webxample 1.0.0 from `index_url` (port: the spec's, unused by a build)."""
+    return release_for(index_url, "1.0.0", port=8080).spec
 
 
 @pytest.fixture
@@ -82,7 +71,7 @@ def index(tmp_path: Path, package_index: WebxampleIndex) -> Iterator[LocalIndex]
 
 
 def build(layout: HostLayout, spec: HostReleaseSpec, stages: list[str] | None = None) -> builder.BuildResult:
-    return ensure_release(layout, KEY, spec, LocalExecutor(), uv=UV, identity=build_identity(),
+    return ensure_release(layout, KEY, spec, LocalExecutor(), uv=uv_binary(), identity=BUILDER(),
                           on_stage=(stages.append if stages is not None else None))
 
 
@@ -185,7 +174,7 @@ def test_bytecode_is_compiled_after_the_build_into_the_sealed_venv(root: Path, i
     assert not list((result.path / "venv").rglob("*.pyc")), "the build compiled bytecode on its critical path"
     assert not bytecode.compiled(result.path)
 
-    outcome = bytecode.compile_release(layout.app(KEY), spec.build_id, LocalExecutor(), build_identity())
+    outcome = bytecode.compile_release(layout.app(KEY), spec.build_id, LocalExecutor(), BUILDER())
 
     assert outcome["ok"] and outcome["files"] > 50, outcome
     assert bytecode.compiled(result.path)
@@ -215,7 +204,7 @@ def test_a_planted_pycache_link_receives_nothing(root: Path, index: LocalIndex, 
     # What a hostile build could leave in its venv (sealed, so root-owned now): a link out of it.
     os.symlink(outside, result.path / "site-packages" / "webxample" / "__pycache__")
 
-    outcome = bytecode.compile_release(layout.app(KEY), spec.build_id, LocalExecutor(), build_identity())
+    outcome = bytecode.compile_release(layout.app(KEY), spec.build_id, LocalExecutor(), BUILDER())
 
     assert outcome["files"] > 0, outcome  # gunicorn's bytecode still arrived
     assert list(outside.iterdir()) == []
