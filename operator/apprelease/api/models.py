@@ -584,6 +584,8 @@ class HostState(Model):
     revision: str | None = None
     message: str | None = None
     processes: str | None = Field(default=None, description="Process types of the serving revision, running/replicas.")
+    lock_digest: str | None = Field(
+        default=None, description="Digest of the exact set of distributions this host installed for the buildId.")
 
 
 class AppReleaseStatus(Model):
