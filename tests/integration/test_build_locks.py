@@ -15,7 +15,8 @@ Aspects covered:
 - a freshly built venv holds no bytecode; `bytecode.compile_release` compiles it as the build
   user into root-owned 0644 `__pycache__` files, the venv stays root-owned and read-only, an
   unprivileged user's python loads the .pyc, and compiling again is not needed (`compiled`);
-- a `__pycache__` symlink in the venv pointing out of it receives nothing.
+- a `__pycache__` symlink in the venv pointing out of it receives nothing;
+- locks outlive releases but not forever: beyond LOCKS_KEPT the oldest go, never the new one.
 """
 
 from __future__ import annotations
@@ -208,3 +209,18 @@ def test_a_planted_pycache_link_receives_nothing(root: Path, index: LocalIndex, 
 
     assert outcome["files"] > 0, outcome  # gunicorn's bytecode still arrived
     assert list(outside.iterdir()) == []
+
+
+def test_the_oldest_locks_go_beyond_the_limit(root: Path, index: LocalIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = HostLayout(root)
+    app = layout.app(KEY)
+    app.locks.mkdir(parents=True)
+    for i in range(3):  # locks of builds long gone, oldest first
+        (app.locks / f"old{i}.txt").write_text("x")
+        os.utime(app.locks / f"old{i}.txt", ns=(i * 10**9, i * 10**9))
+    monkeypatch.setattr(builder, "LOCKS_KEPT", 2)
+
+    spec = host_spec(index.url)
+    build(layout, spec)
+
+    assert sorted(p.name for p in app.locks.iterdir()) == sorted(["old2.txt", f"{spec.build_id}.txt"])

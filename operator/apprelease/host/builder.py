@@ -77,6 +77,7 @@ DEFAULT_PYTHON_SEARCH_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 LOG_TAIL_LINES = 30
 RELEASE_RECORD = "release.json"
 DOWNLOAD_DIR = "download"
+LOCKS_KEPT = 100  # per app; each a few hundred bytes (host/locks.py)
 BUILD_HOME = ".home"  # HOME of the build user during a build; removed before sealing
 # Environment variables that would make a build depend on the host rather than the spec.
 AMBIENT_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
@@ -627,9 +628,20 @@ def _write_root_file(path: Path, text: str) -> None:
 
 
 def _keep_lock(paths: AppPaths, build_id: str, locked: Locked | None) -> None:
-    """A freshly resolved lock becomes the host's lock of the buildId (the build is complete)."""
-    if locked is not None and locked.staged is not None:
-        os.replace(locked.staged, paths.lock(build_id))
+    """A freshly resolved lock becomes the host's lock of the buildId (the build is complete).
+
+    Locks outlive their releases (a rebuild after GC is the warm path), so the oldest go once
+    an app has more than LOCKS_KEPT: a buildId that old builds cold again if it ever returns.
+    """
+    if locked is None or locked.staged is None:
+        return
+    os.replace(locked.staged, paths.lock(build_id))
+    stored = [p for p in paths.locks.glob("*.txt") if not p.name.startswith(TMP_PREFIX)]
+    if len(stored) > LOCKS_KEPT:
+        by_age = sorted(stored, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        for old in by_age[: len(stored) - LOCKS_KEPT]:
+            if old != paths.lock(build_id):
+                old.unlink(missing_ok=True)
 
 
 def _run_step(
