@@ -7,7 +7,9 @@ and gid, no supplementary groups); every write it tries outside its own build di
 what it writes to /tmp stays in a private tmpfs; a daemon it forks does not outlive the
 build; the other app's venv and cache are byte-identical afterwards; the sealed release is
 root-owned and read-only for everyone else; and the same package is installed and works.
-Also: `source.onlyBinary` refuses that sdist with an error naming it, and installs wheels.
+Also: `source.onlyBinary` refuses that sdist with an error naming it, and installs wheels; links
+the build plants in its build dir under the name root writes afterwards (release.json) are
+replaced, never followed.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ def _record(files):
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    # Links planted in the build dir (HOME is <build dir>/.home) where root writes after the build.
+    for name, target in TARGETS.get("links", []):
+        try:
+            os.symlink(target, os.path.join(os.path.dirname(os.environ["HOME"]), name))
+        except OSError:
+            pass
     report = {
         "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
         "writes": {path: _attempt(path, mode) for path, mode in TARGETS["writes"]},
@@ -280,6 +288,28 @@ def test_only_binary_refuses_the_sdist_and_names_it(root: Path, evil_index):
     # Wheels-only still installs wheels.
     result = build(layout, spec_for("wheels", ["webxample==1.0.0"], index.url, only_binary=True))
     assert (result.path / "venv" / "bin" / "python").exists()
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_links_planted_where_root_writes_its_records_are_replaced_not_followed(root: Path, tmp_path: Path,
+                                                                               package_index, tool: str):
+    """release.json is written by root into what was the build user's dir: a link planted under
+    that name is replaced, and the file it names stays untouched."""
+    victims = {name: tmp_path / f"victim-{name}" for name in ("release.json",)}
+    for victim in victims.values():
+        victim.write_text("root's file\n")
+        victim.chmod(0o600)
+    directory = tmp_path / "index"
+    shutil.copytree(package_index.index.directory, directory)
+    evil_sdist(directory, {"writes": [], "late_target": str(tmp_path / "late"), "linger_seconds": 0,
+                           "links": [[name, str(victim)] for name, victim in victims.items()]})
+    with LocalIndex(directory) as index:
+        result = build(HostLayout(root), spec_for("links", ["evilpkg==1.0", "webxample==1.0.0"], index.url),
+                       uv=UV if tool == "uv" else None)
+    for victim in victims.values():
+        assert victim.read_text() == "root's file\n" and victim.stat().st_mode & 0o777 == 0o600, victim
+    record = result.path / "release.json"
+    assert not record.is_symlink() and json.loads(record.read_text())["tool"] == tool
 
 
 def test_a_build_never_runs_as_root(root: Path, package_index):

@@ -620,7 +620,7 @@ def _read_build_file(top: Path, relative: Path, limit: int = locks.MAX_LOCK_BYTE
 
 
 def _write_root_file(path: Path, text: str) -> None:
-    """A root-owned 0644 file written whole, flushed, under a name nobody else may create."""
+    """A root-owned 0644 file written whole under a new name (never through a link, never an existing file)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as out:
         os.fchmod(fd, 0o644)
@@ -994,9 +994,15 @@ def release_document(
 
 
 def _write_record(tmp: Path, record: dict[str, Any]) -> None:
-    path = tmp / RELEASE_RECORD
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.chmod(path, 0o644)
+    """Root writes `tmp/release.json` as a new file renamed over whatever the build left there.
+
+    The build user owned `tmp` during the build: a `release.json -> /etc/shadow` it planted
+    would have root write (and chmod 0644) the target if opened by name. A fresh name with
+    O_EXCL|O_NOFOLLOW, then a rename, replaces the link itself.
+    """
+    staging = tmp / f".{RELEASE_RECORD}.{secrets.token_hex(4)}"
+    _write_root_file(staging, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(staging, tmp / RELEASE_RECORD)
 
 
 def _publish(tmp: Path, final: Path) -> bool:
