@@ -8,8 +8,8 @@ what it writes to /tmp stays in a private tmpfs; a daemon it forks does not outl
 build; the other app's venv and cache are byte-identical afterwards; the sealed release is
 root-owned and read-only for everyone else; and the same package is installed and works.
 Also: `source.onlyBinary` refuses that sdist with an error naming it, and installs wheels; links
-the build plants in its build dir under the name root writes afterwards (release.json) are
-replaced, never followed.
+the build plants in its build dir under the names root writes afterwards (release.json,
+bytecode.json) are replaced, never followed.
 """
 
 from __future__ import annotations
@@ -293,9 +293,9 @@ def test_only_binary_refuses_the_sdist_and_names_it(root: Path, evil_index):
 @pytest.mark.parametrize("tool", ["uv", "pip"])
 def test_links_planted_where_root_writes_its_records_are_replaced_not_followed(root: Path, tmp_path: Path,
                                                                                package_index, tool: str):
-    """release.json is written by root into what was the build user's dir: a link planted under
-    that name is replaced, and the file it names stays untouched."""
-    victims = {name: tmp_path / f"victim-{name}" for name in ("release.json",)}
+    """release.json and bytecode.json are written by root into what was the build user's dir:
+    a link planted under either name is replaced, and the file it names stays untouched."""
+    victims = {name: tmp_path / f"victim-{name}" for name in ("release.json", "bytecode.json")}
     for victim in victims.values():
         victim.write_text("root's file\n")
         victim.chmod(0o600)
@@ -310,6 +310,8 @@ def test_links_planted_where_root_writes_its_records_are_replaced_not_followed(r
         assert victim.read_text() == "root's file\n" and victim.stat().st_mode & 0o777 == 0o600, victim
     record = result.path / "release.json"
     assert not record.is_symlink() and json.loads(record.read_text())["tool"] == tool
+    if tool == "pip":
+        assert not (result.path / "bytecode.json").is_symlink()
 
 
 def test_a_build_never_runs_as_root(root: Path, package_index):

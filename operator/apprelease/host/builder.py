@@ -65,7 +65,7 @@ from . import servers
 from .executor import CommandFailed, LocalExecutor
 from . import locks
 from .files import fsync_dir, syncfs
-from .layout import TMP_PREFIX, AppPaths, HostLayout
+from .layout import BYTECODE_RECORD, TMP_PREFIX, AppPaths, HostLayout
 from .sandbox import BuildIdentity, confine
 from .servers import ServerSoftware
 
@@ -358,7 +358,9 @@ def ensure_release(
             log_tail=build_log.tail(),
             locked=locked,
         )
-        _write_record(tmp, record)
+        write_record(tmp, record)
+        if tool == "pip":  # pip compiled at install, as the build user: nothing left for after the switch
+            write_record(tmp, {"ok": True, "by": "pip install"}, BYTECODE_RECORD)
         _keep_lock(paths, build_id, locked)
         reused = _publish(tmp, final)
     except BaseException as exc:
@@ -993,16 +995,16 @@ def release_document(
     }
 
 
-def _write_record(tmp: Path, record: dict[str, Any]) -> None:
-    """Root writes `tmp/release.json` as a new file renamed over whatever the build left there.
+def write_record(tmp: Path, record: dict[str, Any], name: str = RELEASE_RECORD) -> None:
+    """Root writes `tmp/name` as a new file renamed over whatever the build left under that name.
 
     The build user owned `tmp` during the build: a `release.json -> /etc/shadow` it planted
     would have root write (and chmod 0644) the target if opened by name. A fresh name with
     O_EXCL|O_NOFOLLOW, then a rename, replaces the link itself.
     """
-    staging = tmp / f".{RELEASE_RECORD}.{secrets.token_hex(4)}"
+    staging = tmp / f".{name}.{secrets.token_hex(4)}"
     _write_root_file(staging, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(staging, tmp / RELEASE_RECORD)
+    os.replace(staging, tmp / name)
 
 
 def _publish(tmp: Path, final: Path) -> bool:

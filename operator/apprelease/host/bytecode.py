@@ -28,7 +28,6 @@ what its build could already do with any .py file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -39,15 +38,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .builder import seal
+from .builder import seal, write_record
 from .executor import LocalExecutor
 from .files import syncfs
-from .layout import TMP_PREFIX, AppPaths
+from .layout import BYTECODE_RECORD, TMP_PREFIX, AppPaths
 from .sandbox import BuildIdentity, confine
 
 log = logging.getLogger(__name__)
 
-MARKER = "bytecode.json"
+MARKER = BYTECODE_RECORD
 PYCACHE = "__pycache__"
 MAX_PYC_BYTES = 16 << 20
 
@@ -88,7 +87,7 @@ def compile_release(
         record = {"ok": False, "files": 0, "error": str(exc), "seconds": round(time.monotonic() - started, 3)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _write_marker(release, record)
+    write_record(release, record, MARKER)  # replaces whatever the build left under that name
     return record
 
 
@@ -174,8 +173,3 @@ def _copy_pyc(source_dir: Path, name: str, cache_fd: int) -> bool:
     return True
 
 
-def _write_marker(release: Path, record: dict[str, object]) -> None:
-    staging = release / f".{MARKER}.{secrets.token_hex(4)}"
-    staging.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.chmod(staging, 0o644)
-    os.replace(staging, release / MARKER)

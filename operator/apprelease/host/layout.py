@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+BYTECODE_RECORD = "bytecode.json"  # in a release: its bytecode is compiled (host/bytecode.py)
 LIVE_SOCKET = "live.sock"
 STATIC_LIVE = "static-live"
 STATIC_PREVIOUS = "static-previous"
