@@ -55,8 +55,11 @@ def host_spec(index_url: str) -> HostReleaseSpec:
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    """An agent root an unprivileged user can traverse (pytest's tmp dirs are mode 700)."""
-    path = Path(tempfile.mkdtemp(prefix="apprelease-locks-", dir="/tmp"))
+    """An agent root where production has it (/var/lib: the sandbox carries nothing into its
+    private /tmp), that an unprivileged user can traverse (pytest's tmp dirs are mode 700)."""
+    parent = Path("/var/lib/apprelease-tests")
+    parent.mkdir(mode=0o755, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="locks-", dir=parent))
     path.chmod(0o755)
     yield path / "agent"
     shutil.rmtree(path)
@@ -175,7 +178,11 @@ def test_bytecode_is_compiled_after_the_build_into_the_sealed_venv(root: Path, i
     assert not list((result.path / "venv").rglob("*.pyc")), "the build compiled bytecode on its critical path"
     assert not bytecode.compiled(result.path)
 
-    outcome = bytecode.compile_release(layout.app(KEY), spec.build_id, LocalExecutor(), BUILDER())
+    old_umask = os.umask(0o077)  # the agent's umask must not decide who reads the bytecode
+    try:
+        outcome = bytecode.compile_release(layout.app(KEY), spec.build_id, LocalExecutor(), BUILDER())
+    finally:
+        os.umask(old_umask)
 
     assert outcome["ok"] and outcome["files"] > 50, outcome
     assert bytecode.compiled(result.path)
@@ -187,6 +194,7 @@ def test_bytecode_is_compiled_after_the_build_into_the_sealed_venv(root: Path, i
             entry = os.lstat(path)
             assert entry.st_uid == 0, path
             assert os.path.islink(path) or entry.st_mode & 0o022 == 0, f"{path} is {oct(entry.st_mode)}"
+            assert os.path.islink(path) or entry.st_mode & 0o004, f"{path} is not readable by the app"
     assert not list(layout.app(KEY).releases.glob(".tmp-*"))
     nobody = pwd.getpwnam("nobody")
     run = subprocess.run([str(result.path / "venv" / "bin" / "python"), "-v", "-c", "import webxample.app, gunicorn"],

@@ -94,13 +94,17 @@ def compile_release(
 @contextmanager
 def _open_dir(parent_fd: int, name: str, *, create: bool = False) -> Iterator[int]:
     """A real directory under `parent_fd` (never a symlink), optionally made root's 0755."""
+    made = False
     if create:
         try:
             os.mkdir(name, 0o755, dir_fd=parent_fd)
+            made = True
         except FileExistsError:
             pass
     fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
     try:
+        if made:
+            os.fchmod(fd, 0o755)  # whatever the agent's umask: the app user reads it
         yield fd
     finally:
         os.close(fd)
