@@ -9,7 +9,8 @@ build; the other app's venv and cache are byte-identical afterwards; the sealed 
 root-owned and read-only for everyone else; and the same package is installed and works.
 Also: `source.onlyBinary` refuses that sdist with an error naming it, and installs wheels; links
 the build plants in its build dir under the names root writes afterwards (release.json,
-bytecode.json) are replaced, never followed.
+bytecode.json) are replaced, never followed; an agent umask of 077 still builds (agent root under
+/var/lib and under /tmp).
 """
 
 from __future__ import annotations
@@ -318,3 +319,14 @@ def test_a_build_never_runs_as_root(root: Path, package_index):
     with pytest.raises(ValueError, match="build identity"):
         ensure_release(HostLayout(root), "x_y", spec_for("y", ["webxample==1.0.0"], package_index.url), LocalExecutor(),
                        uv=UV, identity=None)
+
+
+def test_a_restrictive_agent_umask_still_builds(root: Path, package_index):
+    """The agent's umask (077 here) must not decide whether the build user reaches its own dirs:
+    under /tmp the sandbox makes their parents inside its private /tmp."""
+    old_umask = os.umask(0o077)
+    try:
+        result = build(HostLayout(root), spec_for("umask", ["webxample==1.0.0"], package_index.url))
+    finally:
+        os.umask(old_umask)
+    assert (result.path / "venv" / "bin" / "python").exists()

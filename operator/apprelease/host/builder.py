@@ -525,7 +525,7 @@ def _install_locked(
         on_stage("resolving the requirements")
         token = secrets.token_hex(4)
         requirements = paths.locks / f"{TMP_PREFIX}{build_id}-{token}.in"
-        requirements.write_text("".join(f"{r}\n" for r in spec.source.requirements or []))
+        _write_root_file(requirements, "".join(f"{r}\n" for r in spec.source.requirements or []))
         output = Path(BUILD_HOME) / "resolved.txt"
         argv = locks.resolve_command(uv, venv, cache_dir=cache_dir, index_url=index_url, only_binary=only_binary,
                                      requirements_file=requirements, output=tmp / output)
@@ -1038,7 +1038,18 @@ def _discard(tmp: Path, exc: BaseException) -> None:
 
 
 def _make_dirs(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o755)
+    """`path` and its missing parents, each made 0755 whatever the agent's umask: build users
+    and app users traverse them (mkdir's mode is masked by the umask, and parents ignore it)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # another builder made it: its mode is its maker's business
+        os.chmod(directory, 0o755)
 
 
 # ------------------------------------------------------------------------- the store / GC
