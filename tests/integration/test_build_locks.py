@@ -16,7 +16,8 @@ Aspects covered:
   user into root-owned 0644 `__pycache__` files, the venv stays root-owned and read-only, an
   unprivileged user's python loads the .pyc, and compiling again is not needed (`compiled`);
 - a `__pycache__` symlink in the venv pointing out of it receives nothing;
-- locks outlive releases but not forever: beyond LOCKS_KEPT the oldest go, never the new one.
+- locks outlive releases but not forever: beyond LOCKS_KEPT the oldest go, never the new one;
+- a release that cannot be compiled gets a failed bytecode.json (never retried, no temp dir left).
 """
 
 from __future__ import annotations
@@ -232,3 +233,16 @@ def test_the_oldest_locks_go_beyond_the_limit(root: Path, index: LocalIndex, mon
     build(layout, spec)
 
     assert sorted(p.name for p in app.locks.iterdir()) == sorted(["old2.txt", f"{spec.build_id}.txt"])
+
+
+def test_a_release_that_cannot_be_compiled_is_recorded_and_not_retried(root: Path) -> None:
+    """Bytecode never fails a revision: a release without its site-packages link (one from long
+    ago, say) gets a failed bytecode.json, and `compiled` then says there is nothing left to do."""
+    app = HostLayout(root).app(KEY)
+    (app.release("b-old") / "venv").mkdir(parents=True)
+
+    outcome = bytecode.compile_release(app, "b-old", LocalExecutor(), BUILDER())
+
+    assert outcome["ok"] is False and "site-packages" in outcome["error"]
+    assert bytecode.compiled(app.release("b-old"))
+    assert sorted(p.name for p in app.releases.iterdir()) == ["b-old"]  # no temp dir left

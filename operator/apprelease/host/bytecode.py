@@ -33,6 +33,7 @@ import os
 import secrets
 import shutil
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,12 +67,12 @@ def compile_release(
     paths: AppPaths, build_id: str, executor: LocalExecutor, identity: BuildIdentity, *, timeout: float = 600,
 ) -> dict[str, object]:
     """Compile the release's site-packages and record it in `bytecode.json`; returns the record."""
-    release = paths.release(build_id)
+    release = paths.release(build_id).absolute()  # the pycache prefix mirrors absolute paths
     started = time.monotonic()
-    site_packages = (release / os.readlink(release / "site-packages")).absolute()
     tmp = paths.releases / f"{TMP_PREFIX}pyc-{build_id}-{secrets.token_hex(4)}"
-    os.mkdir(tmp, 0o700)
     try:
+        site_packages = (release / os.readlink(release / "site-packages")).absolute()
+        os.mkdir(tmp, 0o700)
         os.chown(tmp, identity.uid, identity.gid)
         argv = compile_argv(release / "venv", site_packages, tmp)
         # compileall exits 1 when a file does not compile (a py2-only test module): the rest is done.
@@ -82,7 +83,7 @@ def compile_release(
         syncfs(release)
         record = {"ok": proc.returncode in (0, 1) and copied > 0, "files": copied, "exitCode": proc.returncode,
                   "seconds": round(time.monotonic() - started, 3), "output": proc.stdout[-2000:]}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         log.warning("compiling the bytecode of %s failed: %s", release, exc)
         record = {"ok": False, "files": 0, "error": str(exc), "seconds": round(time.monotonic() - started, 3)}
     finally:
