@@ -7,7 +7,10 @@ and gid, no supplementary groups); every write it tries outside its own build di
 what it writes to /tmp stays in a private tmpfs; a daemon it forks does not outlive the
 build; the other app's venv and cache are byte-identical afterwards; the sealed release is
 root-owned and read-only for everyone else; and the same package is installed and works.
-Also: `source.onlyBinary` refuses that sdist with an error naming it, and installs wheels.
+Also: `source.onlyBinary` refuses that sdist with an error naming it, and installs wheels; links
+the build plants in its build dir under the names root writes afterwards (release.json,
+bytecode.json) are replaced, never followed; an agent umask of 077 still builds (agent root under
+/var/lib and under /tmp).
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ def _record(files):
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    # Links planted in the build dir (HOME is <build dir>/.home) where root writes after the build.
+    for name, target in TARGETS.get("links", []):
+        try:
+            os.symlink(target, os.path.join(os.path.dirname(os.environ["HOME"]), name))
+        except OSError:
+            pass
     report = {
         "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
         "writes": {path: _attempt(path, mode) for path, mode in TARGETS["writes"]},
@@ -282,7 +291,42 @@ def test_only_binary_refuses_the_sdist_and_names_it(root: Path, evil_index):
     assert (result.path / "venv" / "bin" / "python").exists()
 
 
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_links_planted_where_root_writes_its_records_are_replaced_not_followed(root: Path, tmp_path: Path,
+                                                                               package_index, tool: str):
+    """release.json and bytecode.json are written by root into what was the build user's dir:
+    a link planted under either name is replaced, and the file it names stays untouched."""
+    victims = {name: tmp_path / f"victim-{name}" for name in ("release.json", "bytecode.json")}
+    for victim in victims.values():
+        victim.write_text("root's file\n")
+        victim.chmod(0o600)
+    directory = tmp_path / "index"
+    shutil.copytree(package_index.index.directory, directory)
+    evil_sdist(directory, {"writes": [], "late_target": str(tmp_path / "late"), "linger_seconds": 0,
+                           "links": [[name, str(victim)] for name, victim in victims.items()]})
+    with LocalIndex(directory) as index:
+        result = build(HostLayout(root), spec_for("links", ["evilpkg==1.0", "webxample==1.0.0"], index.url),
+                       uv=UV if tool == "uv" else None)
+    for victim in victims.values():
+        assert victim.read_text() == "root's file\n" and victim.stat().st_mode & 0o777 == 0o600, victim
+    record = result.path / "release.json"
+    assert not record.is_symlink() and json.loads(record.read_text())["tool"] == tool
+    if tool == "pip":
+        assert not (result.path / "bytecode.json").is_symlink()
+
+
 def test_a_build_never_runs_as_root(root: Path, package_index):
     with pytest.raises(ValueError, match="build identity"):
         ensure_release(HostLayout(root), "x_y", spec_for("y", ["webxample==1.0.0"], package_index.url), LocalExecutor(),
                        uv=UV, identity=None)
+
+
+def test_a_restrictive_agent_umask_still_builds(root: Path, package_index):
+    """The agent's umask (077 here) must not decide whether the build user reaches its own dirs:
+    under /tmp the sandbox makes their parents inside its private /tmp."""
+    old_umask = os.umask(0o077)
+    try:
+        result = build(HostLayout(root), spec_for("umask", ["webxample==1.0.0"], package_index.url))
+    finally:
+        os.umask(old_umask)
+    assert (result.path / "venv" / "bin" / "python").exists()

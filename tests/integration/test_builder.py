@@ -7,7 +7,7 @@ Aspects covered:
   works and `import webxample` gives the requested version; release.json, the relative
   site-package link and the interpreter (from the search path, not $PATH) are right;
 - a build reports its stages as uv prints them (finding python, creating the venv,
-  resolving, resolved N, installing N, compiling, checking gunicorn), in that order;
+  resolving, resolved N, installing N, installed N, checking gunicorn), in that order;
 - an existing buildId is reused: no command runs, the index gets no request, no stage is reported;
 - the pip fallback (uv=None) builds a working venv too, reporting pip's stages;
 - a wheel by URL with the right sha256 installs; with a wrong one the build fails naming
@@ -108,7 +108,7 @@ def test_uv_build_gives_a_working_venv(layout: HostLayout, package_index: Webxam
     assert (result.build_id, result.reused, result.tool) == (spec.build_id, False, "uv")
     assert stages[:2] == ["finding python3.11", stages[1]] and stages[1].startswith("creating the venv (Python 3.11.")
     assert stages[2:] == ["resolving the requirements", "resolved 2 packages; downloading what the cache lacks",
-                          "installing 2 packages", "compiling bytecode", "checking the server packages"]
+                          "installing 2 packages", "installed 2 packages", "checking the server packages"]
     assert result.path == layout.app(KEY).release(spec.build_id)
     assert release_entries(layout) == [spec.build_id]  # no temp dir left
     version = subprocess.run([venv_python(result), "-m", "gunicorn", "--version"], capture_output=True, text=True)

@@ -7,7 +7,8 @@ revision is terminal (no restart loop); removal; which releases GC collects; the
 each step begins (host/progress.py) follows the HostRelease phases' order through any plan;
 nginx's static links (static-live, static-previous) name the new and the previous build before
 the switch, before a site that names them, after a site nginx may refuse, on hosts from before
-them too, and GC never takes the build static-previous names.
+them too, and GC never takes the build static-previous names; the serving build's bytecode is
+compiled after the switch (before GC), once, and never for a failed revision.
 """
 
 from __future__ import annotations
@@ -306,3 +307,21 @@ def test_failed_revision_stops_its_process_types():
     observed = Observed(live_revision="r1", running=frozenset({"r1"}), process_revisions=frozenset({"r2"}),
                         failed_revision="r2")
     assert [str(a) for a in plan_release(MIGRATING, observed).actions] == ["stop-watcher(r2)", "report-failed(r2)"]
+
+
+# -- bytecode after the switch ---------------------------------------------------------------
+
+def test_bytecode_is_compiled_after_the_switch_and_before_gc():
+    observed = Observed(**{**SERVING_V1.__dict__, "needs_bytecode": frozenset({"b2"}), "gc_candidates": ("b0",)})
+    kinds = plan_release(V2, observed).kinds()
+    assert kinds == [*ROTATE, "compile-bytecode", "collect-release"]
+
+
+def test_a_converged_host_only_compiles_what_it_lacks_then_nothing():
+    assert plan_release(V2, Observed(**SERVING_V2, needs_bytecode=frozenset({"b2"}))).kinds() == ["compile-bytecode"]
+    assert not plan_release(V2, Observed(**SERVING_V2, needs_bytecode=frozenset({"b1"})))  # not the serving build
+
+
+def test_a_failed_revision_compiles_nothing():
+    observed = Observed(**{**SERVING_V1.__dict__, "failed_revision": "r2", "needs_bytecode": frozenset({"b2"})})
+    assert "compile-bytecode" not in plan_release(V2, observed).kinds()

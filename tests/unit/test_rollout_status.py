@@ -15,7 +15,9 @@ touches no host; the younger of two AppReleases claiming the same name on shared
 nothing until the older one goes, and an older one is never held by a younger one. The API
 edge: owner lookup, status merge patch, stored-spec normalization. A host in any live phase
 (Building .. Draining) gives the same conditions and counts as one Pending, so Argo CD's
-health check (which reads only those) maps it the same: Progressing.
+health check (which reads only those) maps it the same: Progressing. Hosts of the rollout's
+buildId that report different lock digests are named in one LockDiffers warning, once; a
+host's digest of an older build is not shown.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from apprelease.controller.status import (
     compute_status,
     condition,
     deadline_in,
+    differing_locks,
     halted_reason,
     invalid_spec_events,
     invalid_spec_status,
@@ -509,3 +512,41 @@ def test_liveness_failure_posts_one_warning_on_the_app_release():
     assert "host b: live revision r1 fails its liveness probe: timed out" in events[0].message
     still = compute_status(failing, during, T0)
     assert rollout_events(during, still, failing, Step(), failing.hosts, 1) == []
+
+
+# -- hosts that installed different sets for one buildId (host/locks.py) --------------------
+
+def locked(node: str, rev: str, digest: str | None, build: str | None = None) -> HostView:
+    view = host(node, rev)
+    return HostView(**{**view.__dict__, "spec": {**spec(rev), "buildId": build or f"b-{rev}"}, "lock_digest": digest})
+
+
+def test_hosts_show_the_lock_digest_of_the_rollouts_build_only():
+    r = rollout("r2", [locked("a", "r2", "sha256:" + "a" * 64), locked("b", "r2", "sha256:" + "b" * 64, build="b-old")])
+    states = {h.node: h.lock_digest for h in compute_status(r, None, T0).hosts}
+    assert states == {"a": "sha256:" + "a" * 64, "b": None}
+
+
+def test_differing_locks_are_named_once_with_their_hosts():
+    same = rollout("r2", [locked("a", "r2", "sha256:" + "a" * 64), locked("b", "r2", "sha256:" + "a" * 64)])
+    s1 = compute_status(same, None, T0)
+    assert differing_locks("b-r2", s1.hosts) is None
+    assert not [e for e in rollout_events(None, s1, same, Step(), same.hosts, 1) if e.reason == "LockDiffers"]
+
+    odd = rollout("r2", [locked("a", "r2", "sha256:" + "a" * 64), locked("b", "r2", "sha256:" + "f" * 64),
+                         locked("c", "r2", "sha256:" + "a" * 64)], nodes=("a", "b", "c"))
+    s2 = compute_status(odd, s1, T0)
+    message = differing_locks("b-r2", s2.hosts)
+    assert message == f"hosts installed different sets for buildId b-r2 (lock digests: {'a' * 12} on a, c; {'f' * 12} on b)"
+    events = [e for e in rollout_events(s1, s2, odd, Step(), odd.hosts, 1) if e.reason == "LockDiffers"]
+    assert [(e.type, e.message) for e in events] == [("Warning", message)]
+    s3 = compute_status(odd, s2, T0)
+    assert not [e for e in rollout_events(s2, s3, odd, Step(), odd.hosts, 1) if e.reason == "LockDiffers"]
+
+
+def test_the_api_edge_reads_the_lock_digest_of_the_specs_build():
+    obj = {"metadata": {"name": "app-a", "labels": {"apprelease.dev/node": "a"}}, "spec": {"buildId": "b1"},
+           "status": {"lastBuild": {"buildId": "b1", "reused": False, "seconds": 0.1, "lockDigest": "sha256:x"}}}
+    assert host_view(obj).lock_digest == "sha256:x"
+    older = {**obj, "status": {"lastBuild": {**obj["status"]["lastBuild"], "buildId": "b0"}}}
+    assert host_view(older).lock_digest is None

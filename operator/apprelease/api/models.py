@@ -584,6 +584,8 @@ class HostState(Model):
     revision: str | None = None
     message: str | None = None
     processes: str | None = Field(default=None, description="Process types of the serving revision, running/replicas.")
+    lock_digest: str | None = Field(
+        default=None, description="Digest of the exact set of distributions this host installed for the buildId.")
 
 
 class AppReleaseStatus(Model):
@@ -623,6 +625,11 @@ class BuildRecord(Model):
     build_id: str
     reused: bool
     seconds: float
+    lock_digest: str | None = Field(
+        default=None,
+        description="sha256 of the exact set (name==version + file hashes) the venv holds, from its release.json; "
+                    "hosts of one buildId that show different digests resolved differently.",
+    )
 
 
 class ReleaseCommandRecord(Model):

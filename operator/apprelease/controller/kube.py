@@ -127,9 +127,16 @@ def host_view(obj: Mapping[str, Any]) -> HostView:
         reason=status.get("reason"),
         processes=processes_summary(status.get("processes") or []),
         liveness_failure=liveness_summary(status.get("liveness")),
+        lock_digest=lock_digest_of(spec, status),
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(meta.get("finalizers") or ()),
     )
+
+
+def lock_digest_of(spec: Mapping[str, Any], status: Mapping[str, Any]) -> str | None:
+    """The lock digest the host reported for the buildId its spec names (not an older build's)."""
+    last = status.get("lastBuild") or {}
+    return last.get("lockDigest") if last.get("buildId") == spec.get("buildId") else None
 
 
 def liveness_summary(liveness: dict | None) -> str | None:

@@ -50,6 +50,7 @@ class HostView:
     reason: str | None = None  # the agent's status.reason, e.g. Conflict
     processes: str | None = None  # the serving revision's process types, e.g. "worker 2/2"
     liveness_failure: str | None = None  # while the agent's liveness probes fail: what they saw
+    lock_digest: str | None = None  # the lock of the spec's buildId the host installed (status.lastBuild)
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
 

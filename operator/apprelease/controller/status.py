@@ -45,6 +45,7 @@ SECRET_NOT_FOUND = "SecretNotFound"  # a referenced Secret/ConfigMap or key is m
 SECRET_UNUSABLE = "SecretValueUnusable"  # a referenced value cannot be an environment value
 NO_FAILURES = "NoHostFailed"
 LIVENESS_FAILED = "LivenessFailed"  # a host's live revision fails its liveness probes (agent/cluster.py)
+LOCK_DIFFERS = "LockDiffers"  # hosts of one buildId installed different sets (host/locks.py)
 
 # Event reasons.
 ROLLOUT_STARTED = "RolloutStarted"
@@ -234,7 +235,30 @@ def rollout_events(
             events.append(Event("Normal", ROLLOUT_COMPLETE, progressing_now.message))
         elif progressing_now.reason == PROGRESS_DEADLINE_EXCEEDED:
             events.append(Event("Warning", PROGRESS_DEADLINE_EXCEEDED, progressing_now.message))
+
+    differs = differing_locks(rollout.build_id, new.hosts)
+    if differs is not None and differs != differing_locks(rollout.build_id, previous.hosts if previous else []):
+        events.append(Event("Warning", LOCK_DIFFERS, differs))
     return events
+
+
+def differing_locks(build_id: str, hosts: Sequence[HostState]) -> str | None:
+    """What to say when hosts report different lock digests for `build_id`; None when they agree.
+
+    `hosts` carry a digest only for the rollout's buildId (`_host_states`). Each host resolves a
+    buildId once and keeps the lock (host/locks.py): two hosts whose first builds saw different
+    index contents (a release uploaded in between) install different bytes under one buildId.
+    Named here so a human can pin the requirement or remove the odd host's lock.
+    """
+    nodes: dict[str, list[str]] = {}
+    for host in hosts:
+        if host.lock_digest:
+            nodes.setdefault(host.lock_digest, []).append(host.node)
+    if len(nodes) < 2:
+        return None
+    groups = "; ".join(f"{digest.removeprefix('sha256:')[:12]} on {', '.join(sorted(names))}"
+                       for digest, names in sorted(nodes.items()))
+    return f"hosts installed different sets for buildId {build_id} (lock digests: {groups})"
 
 
 def invalid_spec_events(previous: AppReleaseStatus | None, new: AppReleaseStatus,
@@ -356,12 +380,14 @@ def _host_states(rollout: Rollout) -> list[HostState]:
             # The agent has not reported on the current spec yet.
             states.append(HostState(node=node, phase="Pending", revision=host.serving_revision))
         else:
+            on_build = host.spec is not None and host.spec.get("buildId") == rollout.build_id
             states.append(HostState(node=node, phase=host.phase, revision=host.serving_revision,
-                                    message=host.message, processes=host.processes))
+                                    message=host.message, processes=host.processes,
+                                    lock_digest=host.lock_digest if on_build else None))
     return states
 
 
 __all__ = [
     "Event", "Rollout", "compute_status", "condition", "deadline_in", "halted_reason", "invalid_spec_events",
-    "invalid_spec_status", "rollout_events", "set_condition",
+    "differing_locks", "invalid_spec_status", "rollout_events", "set_condition",
 ]

@@ -10,6 +10,16 @@ The one invariant: `releases/<buildId>` exists only when it is complete. A build
 renames to a `.tmp-` name first. So an existing release directory is reused without running
 anything, which is what makes a rollback take about a second.
 
+A warm build is on a rotation's critical path, so it does only what it must (measured in
+bench/venv_build.py): uv builds from requirements resolve once per buildId and host and keep
+the answer as a lock (host/locks.py: root-owned `locks/<buildId>.txt`, recorded in
+release.json with its digest); every later build of that buildId installs exactly the
+lock's files, offline from the app's cache when it has them (`uv pip sync --require-hashes
+--offline`, online with the same hashes when not). The empty venv is a copy of a relocatable
+template uv made once per interpreter; the interpreter's probe is remembered by its file's
+identity; bytecode is compiled after the switch (host/bytecode.py), not here; one syncfs of
+the releases' file system flushes the build before the rename.
+
 Builds ignore the host's pip/uv configuration (config files and PIP_*/UV_* variables) so the
 same spec builds the same venv on every host. Every command that may run package code runs
 confined as the app's build user (`sandbox.confine`), writing only its temp build dir and the
@@ -53,8 +63,9 @@ from ..api import identity
 from ..api.models import HostReleaseSpec
 from . import servers
 from .executor import CommandFailed, LocalExecutor
-from .files import fsync_dir
-from .layout import TMP_PREFIX, AppPaths, HostLayout
+from . import locks
+from .files import fsync_dir, syncfs
+from .layout import BYTECODE_RECORD, TMP_PREFIX, AppPaths, HostLayout
 from .sandbox import BuildIdentity, confine
 from .servers import ServerSoftware
 
@@ -66,6 +77,7 @@ DEFAULT_PYTHON_SEARCH_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 LOG_TAIL_LINES = 30
 RELEASE_RECORD = "release.json"
 DOWNLOAD_DIR = "download"
+LOCKS_KEPT = 100  # per app; each a few hundred bytes (host/locks.py)
 BUILD_HOME = ".home"  # HOME of the build user during a build; removed before sealing
 # Environment variables that would make a build depend on the host rather than the spec.
 AMBIENT_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
@@ -159,8 +171,8 @@ def install_command(
     if tool == "uv":
         assert uv is not None
         argv = [uv, "pip", "install", "--no-config", "--python", python, "--cache-dir", str(cache_dir)]
-        # Compile now: the app's user cannot write __pycache__ into the root-owned venv.
-        argv += ["--compile-bytecode", "--no-progress"]
+        # No --compile-bytecode: bytecode is compiled after the release serves (host/bytecode.py).
+        argv += ["--no-progress"]
         # Copies, not hardlinks: a hardlinked file is the cache's inode, which the build user
         # could rewrite after the agent sealed the venv (and sealing would chown the cache).
         argv += ["--link-mode", "copy"]
@@ -210,7 +222,7 @@ def build_stage(tool: Tool, line: str) -> str | None:
         return {
             "Resolved": f"resolved {count} package{'s' * (count != 1)}; downloading what the cache lacks",
             "Prepared": f"installing {count} package{'s' * (count != 1)}",
-            "Installed": "compiling bytecode",
+            "Installed": f"installed {count} package{'s' * (count != 1)}",
             "Audited": "nothing to install",
         }[word]
     if line.startswith("Collecting "):
@@ -329,7 +341,7 @@ def ensure_release(
     build_log = _BuildLog(secrets=tuple(index_auth) if index_auth else ())
     try:
         os.chown(tmp, identity.uid, identity.gid)
-        interpreter, software = _build_into(
+        interpreter, software, locked = _build_into(
             tmp, paths, spec, executor, build_log, uv=uv, identity=identity, venv_cache=layout.venv_cache,
             search_path=python_search_path,
             timeout=timeout, on_stage=on_stage or (lambda _: None), index_auth=index_auth,
@@ -344,8 +356,12 @@ def ensure_release(
             finished_at=_now(),
             seconds=time.monotonic() - started,
             log_tail=build_log.tail(),
+            locked=locked,
         )
-        _write_record(tmp, record)
+        write_record(tmp, record)
+        if tool == "pip":  # pip compiled at install, as the build user: nothing left for after the switch
+            write_record(tmp, {"ok": True, "by": "pip install"}, BYTECODE_RECORD)
+        _keep_lock(paths, build_id, locked)
         reused = _publish(tmp, final)
     except BaseException as exc:
         _discard(tmp, exc)
@@ -367,7 +383,7 @@ def _build_into(
     timeout: float,
     on_stage: Callable[[str], None],
     index_auth: tuple[str, str] | None = None,
-) -> tuple[Interpreter, ServerSoftware]:
+) -> tuple[Interpreter, ServerSoftware, Locked | None]:
     build_id = spec.build_id
     tool: Tool = "uv" if uv else "pip"
     env = clean_build_env(os.environ)
@@ -384,8 +400,14 @@ def _build_into(
     _make_dirs(venv_cache)
     os.chmod(venv_cache, 0o700)
     root_env = {**env, "HOME": str(venv_cache)}
-    _run_step(executor, venv_command(tool, interpreter.path, venv, uv=uv, cache_dir=venv_cache), root_env, build_log,
-              build_id=build_id, tool=tool, timeout=timeout, on_line=lambda _: None)
+    if uv:
+        template = _venv_template(interpreter, executor, root_env, build_log, uv=uv, venv_cache=venv_cache,
+                                  build_id=build_id, timeout=timeout)
+        shutil.copytree(template, venv, symlinks=True)
+        build_log.note(f"venv copied from {template}")
+    else:
+        _run_step(executor, venv_command(tool, interpreter.path, venv, uv=uv, cache_dir=venv_cache), root_env,
+                  build_log, build_id=build_id, tool=tool, timeout=timeout, on_line=lambda _: None)
     _give(venv, identity)
 
     env["HOME"] = str(tmp / BUILD_HOME)
@@ -424,10 +446,17 @@ def _build_into(
         if stage:
             on_stage(stage)
 
-    on_stage("resolving the requirements")
     visible = [tmp, paths.build_cache, *([Path(uv).parent] if uv else [])]
-    _run_step(executor, confine(install, identity, visible), install_env, build_log, build_id=build_id, tool=tool,
-              timeout=timeout, on_line=on_line, only_binary=bool(spec.source.only_binary))
+    locked = None
+    if uv and wheel_file is None:
+        locked = _install_locked(
+            tmp, venv, paths, spec, executor, build_log, uv=uv, identity=identity, cache_dir=cache_dir,
+            index_url=index_url, env=install_env, visible=visible, timeout=timeout, on_stage=on_stage, on_line=on_line,
+        )
+    else:  # pip, or a wheel by URL (a lock would name the build's temp path): resolve each build
+        on_stage("resolving the requirements")
+        _run_step(executor, confine(install, identity, visible), install_env, build_log, build_id=build_id, tool=tool,
+                  timeout=timeout, on_line=on_line, only_binary=bool(spec.source.only_binary))
 
     seal(tmp)  # the build's processes are gone: from here on only root touches the tree
     on_stage("checking the server packages")
@@ -444,8 +473,177 @@ def _build_into(
         raise BuildFailed(build_id, str(exc), build_log.tail()) from None
     # Relative, so it stays right after the rename; nginx serves static paths through it.
     os.symlink(site_packages, tmp / "site-packages")
-    normalize_modes(tmp)
-    return interpreter, software
+    return interpreter, software, locked
+
+
+@dataclass(frozen=True)
+class Locked:
+    """What a uv build installed: the lock's canonical text, and how the build got it."""
+
+    text: str
+    source: Literal["resolved", "stored"]  # resolved by this build, or the host's lock of the buildId
+    offline: bool  # installed from the app's cache alone, no index request
+    staged: Path | None  # a freshly resolved lock, renamed to locks/<buildId>.txt once the build is complete
+
+    @property
+    def digest(self) -> str:
+        return locks.lock_digest(self.text)
+
+
+def _install_locked(
+    tmp: Path,
+    venv: Path,
+    paths: AppPaths,
+    spec: HostReleaseSpec,
+    executor: LocalExecutor,
+    build_log: _BuildLog,
+    *,
+    uv: str,
+    identity: BuildIdentity,
+    cache_dir: Path,
+    index_url: str | None,
+    env: Mapping[str, str],
+    visible: list[Path],
+    timeout: float,
+    on_stage: Callable[[str], None],
+    on_line: Callable[[str], None],
+) -> Locked:
+    """Install the buildId's lock: the host's, offline first; else resolve once and keep it.
+
+    The lock lives in `locks/` (root's, outside the build dir, carried into the sandbox read
+    only): the build user reads it and cannot change it. An unreadable stored lock is
+    resolved again; a stored lock the index no longer satisfies fails the build, naming the
+    lock (the same buildId must install the same bytes; delete the lock to resolve anew).
+    """
+    build_id = spec.build_id
+    only_binary = bool(spec.source.only_binary)
+    _make_dirs(paths.locks)
+    visible = [*visible, paths.locks]
+    stored = read_stored_lock(paths, build_id, build_log)
+    staged = None
+    if stored is None:
+        on_stage("resolving the requirements")
+        token = secrets.token_hex(4)
+        requirements = paths.locks / f"{TMP_PREFIX}{build_id}-{token}.in"
+        _write_root_file(requirements, "".join(f"{r}\n" for r in spec.source.requirements or []))
+        output = Path(BUILD_HOME) / "resolved.txt"
+        argv = locks.resolve_command(uv, venv, cache_dir=cache_dir, index_url=index_url, only_binary=only_binary,
+                                     requirements_file=requirements, output=tmp / output)
+        try:
+            _run_step(executor, confine(argv, identity, visible), env, build_log, build_id=build_id, tool="uv",
+                      timeout=timeout, on_line=on_line, only_binary=only_binary)
+        finally:
+            requirements.unlink(missing_ok=True)
+        try:
+            text = locks.format_lock(locks.parse_lock(_read_build_file(tmp, output)))
+        except (OSError, UnicodeDecodeError, locks.BadLock) as exc:
+            raise BuildFailed(build_id, f"uv's resolution is not a usable lock: {exc}", build_log.tail()) from None
+        staged = paths.locks / f"{TMP_PREFIX}{build_id}-{token}.txt"
+        _write_root_file(staged, text)
+        lock_file = staged
+    else:
+        text, lock_file = stored, paths.lock(build_id)
+        build_log.note(f"installing the lock of {build_id} ({locks.lock_digest(text)})")
+    count = len(text.splitlines())
+    offline = stored is not None
+    if offline:
+        on_stage(f"installing {count} locked package{'s' * (count != 1)} from the cache")
+
+    def on_sync_line(line: str) -> None:
+        if not line.startswith("Resolved "):  # the lock's own entries: nothing was resolved
+            on_line(line)
+
+    try:
+        argv = locks.sync_command(uv, venv, cache_dir=cache_dir, index_url=index_url, lock_file=lock_file,
+                                  offline=offline, only_binary=only_binary)
+        try:
+            _run_step(executor, confine(argv, identity, visible), env, build_log, build_id=build_id, tool="uv",
+                      timeout=timeout, on_line=on_sync_line, only_binary=only_binary)
+        except BuildFailed:
+            if not offline:
+                raise
+            offline = False
+            build_log.note("the app's cache lacks files of the lock: installing them from the index")
+            on_stage(f"downloading the locked packages the cache lacks ({count})")
+            argv = locks.sync_command(uv, venv, cache_dir=cache_dir, index_url=index_url, lock_file=lock_file,
+                                      offline=False, only_binary=only_binary)
+            try:
+                _run_step(executor, confine(argv, identity, visible), env, build_log, build_id=build_id, tool="uv",
+                          timeout=timeout, on_line=on_sync_line, only_binary=only_binary)
+            except BuildFailed as exc:
+                raise BuildFailed(build_id, f"{exc.reason} installing the lock {paths.lock(build_id)}: the index no "
+                                  "longer serves what it names (remove the file to resolve the requirements again)",
+                                  exc.log_tail) from exc
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
+    return Locked(text, "resolved" if stored is None else "stored", offline, staged)
+
+
+def read_stored_lock(paths: AppPaths, build_id: str, build_log: _BuildLog) -> str | None:
+    """The host's lock of `build_id` in canonical form; None when there is none or it is unusable."""
+    try:
+        text = paths.lock(build_id).read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        build_log.note(f"the stored lock of {build_id} is unreadable ({exc}): resolving again")
+        return None
+    try:
+        return locks.format_lock(locks.parse_lock(text))
+    except locks.BadLock as exc:
+        build_log.note(f"the stored lock of {build_id} is not usable ({exc}): resolving again")
+        return None
+
+
+def _read_build_file(top: Path, relative: Path, limit: int = locks.MAX_LOCK_BYTES) -> str:
+    """A regular file the build user wrote under `top`, read by root without following any link.
+
+    Every directory on the way is opened with O_NOFOLLOW (the build user owned them and could
+    have made one a link to /root), the file too, non-blocking (a FIFO must not hang the agent).
+    """
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in relative.parts[:-1]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        file_fd = os.open(relative.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            raise OSError(errno.EINVAL, f"{relative} is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"{relative} is larger than {limit} bytes")
+    return data.decode()
+
+
+def _write_root_file(path: Path, text: str) -> None:
+    """A root-owned 0644 file written whole under a new name (never through a link, never an existing file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o644)
+        out.write(text)
+
+
+def _keep_lock(paths: AppPaths, build_id: str, locked: Locked | None) -> None:
+    """A freshly resolved lock becomes the host's lock of the buildId (the build is complete).
+
+    Locks outlive their releases (a rebuild after GC is the warm path), so the oldest go once
+    an app has more than LOCKS_KEPT: a buildId that old builds cold again if it ever returns.
+    """
+    if locked is None or locked.staged is None:
+        return
+    os.replace(locked.staged, paths.lock(build_id))
+    stored = [p for p in paths.locks.glob("*.txt") if not p.name.startswith(TMP_PREFIX)]
+    if len(stored) > LOCKS_KEPT:
+        by_age = sorted(stored, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        for old in by_age[: len(stored) - LOCKS_KEPT]:
+            if old != paths.lock(build_id):
+                old.unlink(missing_ok=True)
 
 
 def _run_step(
@@ -480,6 +678,57 @@ def _run_step(
     build_log.add(shown, proc.stdout)
 
 
+# Facts of the host's interpreters, by what they are on disk (_fingerprint): the agent is
+# long-running and every build asked the same python the same question (~15 ms of a warm build).
+_PROBED: dict[tuple[object, ...], Interpreter] = {}
+
+
+def _fingerprint(executor: LocalExecutor, path: Path | str) -> tuple[object, ...] | None:
+    """What identifies a file's content without reading it (its target's, for a link); None if absent."""
+    try:
+        st = os.stat(executor.host_root / Path(path).relative_to("/"))
+    except (OSError, ValueError):
+        return None
+    return (str(executor.host_root), str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _venv_template(
+    interpreter: Interpreter,
+    executor: LocalExecutor,
+    env: Mapping[str, str],
+    build_log: _BuildLog,
+    *,
+    uv: str,
+    venv_cache: Path,
+    build_id: str,
+    timeout: float,
+) -> Path:
+    """An empty relocatable venv for `interpreter`, made once by root and copied for each build.
+
+    `uv venv --relocatable` writes no path of the venv itself into it (pyvenv.cfg names the
+    interpreter's directory; activate scripts find their own place), so a copy is the venv uv
+    would have made there; copying ~20 small files is ~1 ms against ~12 ms for `uv venv`. Keyed
+    by the interpreter's and uv's files on disk: a new Python or uv makes a new template.
+    """
+    key = hashlib.sha256(repr((_fingerprint(executor, interpreter.path), _fingerprint(executor, uv))).encode())
+    template = venv_cache / "templates" / key.hexdigest()[:24]
+    if (template / "venv" / "pyvenv.cfg").is_file():
+        return template / "venv"
+    _make_dirs(template.parent)
+    staging = template.parent / f"{TMP_PREFIX}{secrets.token_hex(4)}"
+    try:
+        os.mkdir(staging, 0o700)
+        _run_step(executor, venv_command("uv", interpreter.path, staging / "venv", uv=uv, cache_dir=venv_cache), env,
+                  build_log, build_id=build_id, tool="uv", timeout=timeout, on_line=lambda _: None)
+        os.rename(staging, template)
+    except OSError as exc:
+        if not (template / "venv" / "pyvenv.cfg").is_file():  # not another build's template that won
+            raise BuildFailed(build_id, f"making the venv template {template} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return template / "venv"
+
+
 def find_interpreter(
     python: str,
     search_path: Sequence[str],
@@ -495,6 +744,9 @@ def find_interpreter(
     """
     tried: list[str] = []
     for candidate in interpreter_candidates(python, search_path):
+        fingerprint = _fingerprint(executor, candidate)
+        if fingerprint in _PROBED:
+            return _PROBED[fingerprint]
         try:
             proc = executor.run([str(candidate), "-c", PROBE], env=env, check=False, timeout=30)
         except (FileNotFoundError, PermissionError) as exc:
@@ -502,7 +754,10 @@ def find_interpreter(
             continue
         fields = proc.stdout.split()
         if proc.returncode == 0 and len(fields) == 2 and fields[0] == python:
-            return Interpreter(candidate, fields[0], fields[1])
+            found = Interpreter(candidate, fields[0], fields[1])
+            if fingerprint is not None:
+                _PROBED[fingerprint] = found
+            return found
         tried.append(f"{candidate}: {tail(proc.stdout, 2) or f'exit {proc.returncode}'}")
     raise BuildFailed(
         build_id,
@@ -613,11 +868,7 @@ def seal(top: Path) -> None:
     build user's HOME goes first; lchown never follows a symlink the build may have planted.
     """
     shutil.rmtree(top / BUILD_HOME, ignore_errors=True)
-    for dirpath, dirnames, filenames in os.walk(top):
-        os.lchown(dirpath, 0, 0)
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), 0, 0)
-    normalize_modes(top)
+    _walk_modes(top, chown=True)
 
 
 def normalize_modes(top: Path) -> None:
@@ -626,12 +877,29 @@ def normalize_modes(top: Path) -> None:
     Done explicitly rather than through the agent's umask (process-wide, and whatever the
     agent was started with), so an app user can never modify its own code or libraries.
     """
-    # os.walk does not follow symlinks (venv/bin/python, site-packages): their targets are
-    # not ours to change.
-    for dirpath, _dirnames, filenames in os.walk(top):
+    _walk_modes(top, chown=False)
+
+
+def _walk_modes(top: Path, *, chown: bool) -> None:
+    """One pass over the tree: (root's ownership and) the modes of `normalize_modes`.
+
+    lchown never follows a link; os.walk does not follow symlinks (venv/bin/python,
+    site-packages) and neither does chmod here: their targets are not ours to change. The
+    chown comes before the chmod of each entry: chown clears setuid/setgid bits, and a mode
+    set first could be changed by it.
+    """
+    for dirpath, dirnames, filenames in os.walk(top):
+        if chown:
+            os.lchown(dirpath, 0, 0)
         os.chmod(dirpath, 0o755)
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if chown:
+                os.lchown(path, 0, 0)
         for name in filenames:
             path = os.path.join(dirpath, name)
+            if chown:
+                os.lchown(path, 0, 0)
             mode = os.lstat(path).st_mode
             if stat.S_ISLNK(mode):
                 continue
@@ -680,6 +948,15 @@ def server_software(release: Path) -> ServerSoftware:
     return recorded or detect_server_software(release / "site-packages")
 
 
+def recorded_lock_digest(release: Path) -> str | None:
+    """The lock digest release.json recorded; None for pip, wheel-URL and older builds."""
+    try:
+        digest = json.loads((release / RELEASE_RECORD).read_text()).get("lockDigest")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
 def release_document(
     spec: HostReleaseSpec,
     tool: Tool,
@@ -691,9 +968,19 @@ def release_document(
     finished_at: str,
     seconds: float,
     log_tail: str,
+    locked: Locked | None = None,
 ) -> dict[str, Any]:
-    """The content of release.json: what went into the venv and how it was built."""
+    """The content of release.json: what went into the venv and how it was built.
+
+    With a lock (uv builds from requirements): its canonical lines, digest (what status shows
+    to compare hosts), whether this build resolved it or installed the host's stored one, and
+    whether it installed offline."""
+    lock = {} if locked is None else {
+        "lock": locked.text.splitlines(), "lockDigest": locked.digest, "lockSource": locked.source,
+        "installedOffline": locked.offline,
+    }
     return {
+        **lock,
         "buildId": spec.build_id,
         "inputs": identity.build_inputs(spec),
         "tool": tool,
@@ -708,19 +995,27 @@ def release_document(
     }
 
 
-def _write_record(tmp: Path, record: dict[str, Any]) -> None:
-    path = tmp / RELEASE_RECORD
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.chmod(path, 0o644)
+def write_record(tmp: Path, record: dict[str, Any], name: str = RELEASE_RECORD) -> None:
+    """Root writes `tmp/name` as a new file renamed over whatever the build left under that name.
+
+    The build user owned `tmp` during the build: a `release.json -> /etc/shadow` it planted
+    would have root write (and chmod 0644) the target if opened by name. A fresh name with
+    O_EXCL|O_NOFOLLOW, then a rename, replaces the link itself.
+    """
+    staging = tmp / f".{name}.{secrets.token_hex(4)}"
+    _write_root_file(staging, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(staging, tmp / name)
 
 
 def _publish(tmp: Path, final: Path) -> bool:
     """Rename the finished build into place; True when another builder got there first.
 
     Everything is flushed before the rename: after a power cut, a directory that looks
-    complete must not hold empty files (it would be reused forever).
+    complete must not hold empty files (it would be reused forever). One syncfs of the
+    releases' file system, not os.sync() (every file system of the host, a busy neighbour's
+    too) nor an fsync per file (a journal commit each: hundreds per venv).
     """
-    os.sync()
+    syncfs(final.parent)
     try:
         os.rename(tmp, final)
     except OSError as exc:
@@ -743,7 +1038,18 @@ def _discard(tmp: Path, exc: BaseException) -> None:
 
 
 def _make_dirs(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o755)
+    """`path` and its missing parents, each made 0755 whatever the agent's umask: build users
+    and app users traverse them (mkdir's mode is masked by the umask, and parents ignore it)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # another builder made it: its mode is its maker's business
+        os.chmod(directory, 0o755)
 
 
 # ------------------------------------------------------------------------- the store / GC
@@ -799,6 +1105,8 @@ def remove_temp_builds(app_paths: AppPaths) -> list[str]:
     if not app_paths.releases.is_dir():
         return []
     removed = []
+    for entry in sorted(app_paths.locks.glob(f"{TMP_PREFIX}*")):  # a lock resolved by a build cut short
+        entry.unlink()
     for entry in sorted(app_paths.releases.iterdir()):
         if not entry.name.startswith(TMP_PREFIX):
             continue

@@ -31,7 +31,7 @@ from ..api.models import (
     Proxy,
     ReleaseCommandRecord,
 )
-from . import builder, drain, health, plan, release_command, state, units, users
+from . import builder, bytecode, drain, health, plan, release_command, state, units, users
 from .progress import BUILDING, PHASE_OF_STEP, Progress, no_progress
 from .executor import LocalExecutor
 from .layout import (
@@ -292,6 +292,9 @@ def observe(host: Host, key: str, app_state: state.AppState, *, serving_next: st
     if serving_next:
         recency = [serving_next, *[b for b in recency if b != serving_next]]
     gc = tuple(plan.collectable(recency, serving=serving_next, limit=limit)) if serving_next else ()
+    needs_bytecode = {b for b in on_disk if not bytecode.compiled(paths.release(b))}
+    if serving_next and serving_next not in on_disk:
+        needs_bytecode.add(serving_next)  # built by this plan, without bytecode
     return plan.Observed(
         releases=frozenset(on_disk),
         temp_builds=temp,
@@ -308,6 +311,7 @@ def observe(host: Host, key: str, app_state: state.AppState, *, serving_next: st
         released=frozenset(app_state.released) | {e.revision for e in app_state.history},
         processes=frozenset(p for p, status in processes.items() if status in ACTIVE),
         process_revisions=frozenset(r for r, _ in processes),
+        needs_bytecode=frozenset(needs_bytecode),
     )
 
 
@@ -424,7 +428,8 @@ class _Apply:
             raise StepFailed(f"venv build {build_id} failed: {exc}", exc.log_tail) from None
         except users.UnsafeUser as exc:
             raise StepFailed(f"venv build {build_id} refused: {exc}") from None
-        self.state.last_build = BuildRecord(build_id=result.build_id, reused=result.reused, seconds=round(result.seconds, 3))
+        self.state.last_build = BuildRecord(build_id=result.build_id, reused=result.reused, seconds=round(result.seconds, 3),
+                                            lock_digest=builder.recorded_lock_digest(result.path))
         self.host.recorder.venv_ensured(result.seconds, result.reused)
 
     def do_start_watcher(self, revision: str) -> None:
@@ -551,6 +556,18 @@ class _Apply:
     def do_swap_current(self, build_id: str) -> None:
         _replace_symlink(self.paths.current, f"releases/{build_id}")
 
+    def do_compile_bytecode(self, build_id: str) -> None:
+        """After the switch: never fails the revision (the app runs without .pyc files)."""
+        assert self.namespace is not None and self.spec is not None
+        try:
+            identity = users.ensure_build_user(self.namespace, self.spec.app, self.host.executor)
+        except users.UnsafeUser as exc:
+            log.warning("%s: no bytecode for %s: %s", self.key, build_id, exc)
+            return
+        record = bytecode.compile_release(self.paths, build_id, self.host.executor, identity)
+        if not record["ok"]:
+            log.warning("%s: compiling the bytecode of %s failed: %s", self.key, build_id, record)
+
     def do_collect_release(self, build_id: str) -> None:
         builder.remove_release(self.paths, build_id)
 
@@ -660,7 +677,8 @@ def _status(release: HostRelease, paths: AppPaths, app_state: state.AppState, er
     last_build = app_state.last_build
     if (last_build is None or last_build.build_id != release.spec.build_id) and paths.release(release.spec.build_id).exists():
         # Nothing was built for this spec: its venv was already on disk (e.g. a revert to the serving release).
-        last_build = BuildRecord(build_id=release.spec.build_id, reused=True, seconds=0.0)
+        last_build = BuildRecord(build_id=release.spec.build_id, reused=True, seconds=0.0,
+                                 lock_digest=builder.recorded_lock_digest(paths.release(release.spec.build_id)))
     return HostReleaseStatus(
         observed_generation=release.metadata.generation,
         phase="Ready" if ready else "Failed",

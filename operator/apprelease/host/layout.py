@@ -13,6 +13,8 @@
     apps/<ns>_<app>/run/live.sock -> <revision>.sock   what nginx connects to
     apps/<ns>_<app>/logs/                              stdout/stderr of the app's processes, release command output
     apps/<ns>_<app>/cache/{uv,pip}                     the app's build cache, owned by its build user (0700)
+    apps/<ns>_<app>/locks/<buildId>.txt                the exact set a buildId installs (root's; kept after GC)
+    apps/<ns>_<app>/releases/<buildId>/bytecode.json   bytecode compiled into the venv after the switch
     apps/<ns>_<app>/spec.json                          the last spec applied (for status and resync)
     apps/<ns>_<app>/state.json                         failed revision, served order, history (host/state.py)
     supervisor/                                        circusd or supervisord config, state and socket
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+BYTECODE_RECORD = "bytecode.json"  # in a release: its bytecode is compiled (host/bytecode.py)
 LIVE_SOCKET = "live.sock"
 STATIC_LIVE = "static-live"
 STATIC_PREVIOUS = "static-previous"
@@ -143,6 +146,14 @@ class AppPaths:
     def build_cache(self) -> Path:
         """This app's own uv/pip cache, owned by its build user: never shared with another app."""
         return self.base / "cache"
+
+    @property
+    def locks(self) -> Path:
+        """Root-owned locks of the app's buildIds (host/locks.py); they outlive the releases."""
+        return self.base / "locks"
+
+    def lock(self, build_id: str) -> Path:
+        return self.locks / f"{build_id}.txt"
 
     @property
     def spec_file(self) -> Path:

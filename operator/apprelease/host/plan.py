@@ -8,7 +8,8 @@ crash at any step, and a second reconcile of a converged host plans nothing.
 The rotation order is DESIGN.md's: build/reuse venv -> release command (once per revision,
 never on a return to a revision that served here) -> start new watcher -> health gate ->
 start its process types -> point the static links -> switch the live socket link -> settle,
-stop old watchers (web and process types) -> swap `current` -> GC.
+stop old watchers (web and process types) -> swap `current` -> compile the serving build's
+bytecode if it has none yet (host/bytecode.py: off the critical path, after the switch) -> GC.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Observed:
     released: frozenset[str] = frozenset()  # revisions whose release command ran here, or that served here
     processes: frozenset[tuple[str, str]] = frozenset()  # (revision, instance) of process watchers running
     process_revisions: frozenset[str] = frozenset()  # revisions with any process watcher, running or not
+    needs_bytecode: frozenset[str] = frozenset()  # buildIds (on disk or about to be built) without compiled bytecode
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ POINT_STATIC = "point-static"
 SETTLE = "settle"
 STOP = "stop-watcher"
 SWAP_CURRENT = "swap-current"
+COMPILE_BYTECODE = "compile-bytecode"
 COLLECT = "collect-release"
 REMOVE_APP_DIR = "remove-app-dir"
 REPORT_FAILED = "report-failed"
@@ -134,6 +137,8 @@ def plan_release(desired: Desired, observed: Observed) -> Plan:
         actions.extend(Action(STOP, r) for r in old)
     if observed.current_build != desired.build_id:
         actions.append(Action(SWAP_CURRENT, desired.build_id))
+    if desired.build_id in observed.needs_bytecode:
+        actions.append(Action(COMPILE_BYTECODE, desired.build_id))
     # nginx serves assets from static-previous: its build stays, whatever the history limit says.
     actions.extend(Action(COLLECT, b) for b in observed.gc_candidates if b not in (desired.build_id, previous))
     return Plan(tuple(actions))

@@ -33,7 +33,10 @@ PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 # through "$@" (the paths to carry, "--", the command), never through the script text: no
 # value is ever parsed by the shell. A path under a private dir (an agent root under /tmp, as
 # in tests) is bind-mounted aside first and back onto its own path inside the fresh tmpfs.
+# umask 022: the parents made there must let the build user through whatever the agent's
+# umask; what the build writes is sealed (modes normalized) afterwards anyway.
 _MOUNTS = rf"""set -e
+umask 022
 opts="mode=1777,nosuid,nodev,size={TMPFS_SIZE}"
 mount -t tmpfs -o "$opts" apprelease-build /dev/shm
 mkdir /dev/shm/.carry
