@@ -24,6 +24,7 @@ Prints the p50 of each in ms, the ratios, and the issue's targets (warm uv p50 <
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -45,7 +46,7 @@ from apprelease.host import builder, bytecode, locks  # noqa: E402
 from apprelease.host.builder import ensure_release, remove_release  # noqa: E402
 from apprelease.host.executor import LocalExecutor  # noqa: E402
 from apprelease.host.layout import HostLayout  # noqa: E402
-from apprelease.host.users import ensure_build_user  # noqa: E402
+from apprelease.host.users import ensure_build_user, remove_accounts  # noqa: E402
 from apprelease.api import identity  # noqa: E402
 from apprelease.api.models import HostReleaseSpec, Proxy, ReleaseTemplate, Source  # noqa: E402
 
@@ -92,6 +93,7 @@ def p50_ms(samples: list[float]) -> float:
 
 
 BUILDER = ensure_build_user("bench", "app")
+atexit.register(remove_accounts, "bench", "app")  # the build user goes with the bench (by its owner record)
 
 
 def timed_build(layout: HostLayout, key: str, spec: HostReleaseSpec, uv: str | None, executor: LocalExecutor) -> float:
