@@ -57,7 +57,15 @@ mount --bind "$1/etc" /etc/systemd/system
 # No generators: the sysv one would turn this machine's /etc/init.d scripts into units and
 # start them (seen: dbus, postgresql).
 mount --bind "$1/generators" /lib/systemd/system-generators
+# A private /run, but this machine's /run/lock in it: the test hosts share this machine's
+# accounts (/etc/passwd), so they must share the lock agents take to create one
+# (host/users.py ACCOUNTS_LOCK); with a private one, two hosts made one user at once and
+# one of them ran its app under a uid its socket dir was not made for.
+mkdir -p /run/lock
+mount --bind /run/lock "$1/runlock"
 mount -t tmpfs -o mode=755 tmpfs /run
+mkdir /run/lock
+mount --bind "$1/runlock" /run/lock
 mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
 for c in $2; do mkdir /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c; done
 mkdir /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
@@ -253,6 +261,7 @@ class SystemdHost:
         units.mkdir(parents=True, exist_ok=True)
         self.unit_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "generators").mkdir(exist_ok=True)
+        (self.state_dir / "runlock").mkdir(exist_ok=True)
         for target in TARGETS:
             (units / f"{target}.target").write_text(f"[Unit]\nDescription={target} (test host)\n")
         run = self.state_dir / "run.sh"
