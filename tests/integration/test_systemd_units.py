@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -56,6 +57,18 @@ def test_harness_boots_runs_units_in_its_own_cgroup_and_kills_cleanly(short_tmp:
         for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
             assert f"/{sd.cgroup_name}" in line, line
         dirs = sd.cgroup_dirs()
+        # /run is its own, but /run/lock is this machine's: the hosts share its accounts, and
+        # the lock agents take to create one (host/users.py ACCOUNTS_LOCK)
+        markers = [Path(run) / f"apprelease-test-{sd.cgroup_name}" for run in ("/run/lock", "/run")]
+        try:
+            for marker in markers:
+                marker.write_text("this machine's")
+            seen = [subprocess.run([*sd.nsenter(), "cat", str(m)], capture_output=True, text=True, timeout=30).stdout
+                    for m in markers]
+            assert seen == ["this machine's", ""], seen
+        finally:
+            for marker in markers:
+                marker.unlink(missing_ok=True)
     assert not Path(f"/proc/{pid}").exists()
     assert not any(d.exists() for d in dirs.values()), dirs
 
