@@ -229,6 +229,7 @@ def main() -> None:
                   f"{hup['non2xx']:.0f} non-2xx, {hup['socket_errors']:.0f} socket errors; "
                   f"serving {before} before, {after or '?'} after the swap to 2.0.0")
     finally:
+        core.remove(host, "default", "webxample")  # as the agent removes an app: its accounts go too
         stop_host(host)
         index.stop()
         shutil.rmtree(root, ignore_errors=True)
