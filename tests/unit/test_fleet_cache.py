@@ -23,6 +23,7 @@ from apprelease.controller.cache import FleetCache
 from apprelease.controller.reconcile import SecretsConfig, reconcile_app_release
 from apprelease.api.manifests import load_documents
 from support.manifests import ROOT
+from support.operator_api import InMemoryOperatorApi
 
 pytestmark = pytest.mark.unit
 
@@ -40,16 +41,15 @@ def app_object(name: str = "webxample", created: str = "2025-01-01T12:00:00Z", v
             "spec": spec}
 
 
-class CountingApi:
-    """Just enough of `controller.kube.KubeApi` for a pass; records reads and writes."""
+class CountingApi(InMemoryOperatorApi):
+    """The in-memory API, recording reads and writes."""
 
     def __init__(self, app: dict, nodes: list[str]) -> None:
-        self.app, self.nodes, self.hosts = app, nodes, {}
+        super().__init__(app, nodes)
         self.calls: list[str] = []
 
-    def get_app_release(self, namespace, name):
-        self.calls.append("get app")
-        return copy.deepcopy(self.app)
+    def note(self, entry: str, write: bool) -> None:
+        self.calls.append(entry)
 
     def list_node_names(self, selector):
         self.calls.append("list nodes")
@@ -62,37 +62,6 @@ class CountingApi:
     def list_all_app_releases(self):
         self.calls.append("list all apps")
         return [copy.deepcopy(self.app)]
-
-    def existing_nodes(self, names):
-        return frozenset(n for n in names if n in self.nodes)
-
-    def list_host_releases(self, namespace, app):
-        self.calls.append("list hosts")
-        return [copy.deepcopy(h) for h in self.hosts.values()]
-
-    def create_host_release(self, manifest):
-        self.calls.append(f"create {manifest['metadata']['name']}")
-        self.hosts[manifest["metadata"]["name"]] = {**manifest, "metadata": {**manifest["metadata"], "generation": 1}}
-        return copy.deepcopy(self.hosts[manifest["metadata"]["name"]])
-
-    def replace_host_release_spec(self, namespace, name, spec):
-        self.calls.append(f"update {name}")
-        self.hosts[name]["spec"] = spec
-        self.hosts[name]["metadata"]["generation"] += 1
-        return copy.deepcopy(self.hosts[name])
-
-    def delete_host_release(self, namespace, name):
-        self.calls.append(f"delete {name}")
-        del self.hosts[name]
-
-    def set_finalizers(self, plural, namespace, name, seen, wanted, resource_version):
-        self.calls.append("finalizer")
-        self.app["metadata"]["finalizers"] = list(wanted)
-
-    def patch_app_release_status(self, namespace, name, patch):
-        self.calls.append("status")
-        merged = {**(self.app.get("status") or {}), **patch["status"]}
-        self.app["status"] = {k: v for k, v in merged.items() if v is not None}
 
     # The agents' Role (controller/grants.py)
     role: list | None = None

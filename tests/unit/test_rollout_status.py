@@ -46,6 +46,7 @@ from apprelease.controller.status import (
 )
 
 from support.manifests import EXAMPLE
+from support.operator_api import InMemoryOperatorApi
 
 pytestmark = pytest.mark.unit
 
@@ -304,13 +305,17 @@ def test_first_deploy_events():
 # ----- one reconcile pass against an in-memory API (the wiring between plan, status and writes)
 
 
-class FakeApi:
-    """Just enough of `controller.kube.KubeApi` for `reconcile_app_release`, recording writes."""
+class FakeApi(InMemoryOperatorApi):
+    """The in-memory API, recording writes."""
 
     def __init__(self, app: dict, nodes: list[str], others: list[dict] | None = None) -> None:
-        self.app, self.nodes, self.hosts = app, nodes, {}
+        super().__init__(app, nodes)
         self.others = others or []  # other AppReleases of the cluster
         self.writes: list[str] = []
+
+    def note(self, entry: str, write: bool) -> None:
+        if write:
+            self.writes.append(entry)
 
     def list_all_app_releases(self):
         return [copy.deepcopy(self.app), *copy.deepcopy(self.others)]
@@ -318,41 +323,8 @@ class FakeApi:
     def node_labels(self):
         return {n: {"apprelease.dev/host": "true"} for n in self.nodes}
 
-    def get_app_release(self, namespace, name):
-        return copy.deepcopy(self.app)
-
     def list_node_names(self, selector):
         return list(self.nodes)
-
-    def existing_nodes(self, names):
-        return frozenset(n for n in names if n in self.nodes)
-
-    def list_host_releases(self, namespace, app):
-        return [copy.deepcopy(h) for h in self.hosts.values()]
-
-    def create_host_release(self, manifest):
-        self.writes.append(f"create {manifest['metadata']['name']}")
-        self.hosts[manifest["metadata"]["name"]] = {**manifest, "metadata": {**manifest["metadata"], "generation": 1}}
-        return copy.deepcopy(self.hosts[manifest["metadata"]["name"]])
-
-    def replace_host_release_spec(self, namespace, name, spec):
-        self.writes.append(f"update {name}")
-        self.hosts[name]["spec"] = spec
-        self.hosts[name]["metadata"]["generation"] += 1
-        return copy.deepcopy(self.hosts[name])
-
-    def delete_host_release(self, namespace, name):
-        self.writes.append(f"delete {name}")
-        del self.hosts[name]
-
-    def set_finalizers(self, plural, namespace, name, seen, wanted, resource_version):
-        self.writes.append("finalizer")
-        self.app["metadata"]["finalizers"] = list(wanted)
-
-    def patch_app_release_status(self, namespace, name, patch):
-        self.writes.append("status")
-        merged = {**(self.app.get("status") or {}), **patch["status"]}
-        self.app["status"] = {k: v for k, v in merged.items() if v is not None}
 
 
 def _app_object(name: str = "webxample", created: str = "2025-01-01T12:00:00Z", **spec_changes) -> dict:

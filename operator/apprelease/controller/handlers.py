@@ -192,6 +192,9 @@ def handle_event_app_release(ctx: OperatorContext, body: Mapping[str, Any], name
     meta = body.get("metadata") or {}
     key = (namespace, name)
     ctx.cache.app_event(event_type, body)  # before any wake-up: a woken pass reads the new claims
+    # Our own status writes leave these unchanged: they wake nothing.
+    changed = meta.get("generation") != (body.get("status") or {}).get("observedGeneration")
+    leaving = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
     if event_type == "DELETED":
         # Gone from the API (our finalizer was released, or never added): no more passes.
         ctx.known.discard(key)
@@ -199,13 +202,9 @@ def handle_event_app_release(ctx: OperatorContext, body: Mapping[str, Any], name
     else:
         new = key not in ctx.known
         ctx.known.add(key)
-        generation = meta.get("generation")
-        observed = (body.get("status") or {}).get("observedGeneration")
-        # Our own status writes do not wake the key again.
-        if new or generation != observed or meta.get("deletionTimestamp"):
+        if new or changed or leaving:
             ctx.wake(key)
-    if (meta.get("generation") != (body.get("status") or {}).get("observedGeneration")
-            or event_type == "DELETED" or meta.get("deletionTimestamp")):
+    if changed or leaving:
         # Another AppRelease changed its claims or leaves: a rollout held by it may go on now.
         for held in list(ctx.held - {key}):
             ctx.wake(held)
@@ -239,7 +238,6 @@ def run_pass(ctx: OperatorContext, key: Key, post: EventPoster) -> None:
     else:
         ctx.held.discard(key)
     if outcome.gone:
-        ctx.held.discard(key)
         ctx.queue.forget(key)
         return
     delay = ctx.resync_seconds
